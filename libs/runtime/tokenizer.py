@@ -1,0 +1,307 @@
+"""Tokenizers from a GGUF file (or an HF directory), and incremental detokenization.
+
+A GGUF carries its tokenizer as metadata (`tokenizer.ggml.*`): for byte-level
+BPE models ("gpt2") the vocabulary, the merges and the token types. We build
+a `tokenizers.Tokenizer` from them exactly as HF transformers does, so ids
+match `AutoTokenizer.from_pretrained(dir, gguf_file=...)`.
+
+Detokenization while streaming works on bytes: every token id maps to the
+bytes it stands for (a table built once), so a step is a list lookup and an
+incremental UTF-8 decode that holds back a character split across tokens.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as BackendTokenizer
+
+from tandem.runtime.chat_template import ChatTemplate
+
+# GGUF token types (llama.cpp): 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte.
+_TOKEN_TYPE_CONTROL = 3
+_TOKEN_TYPE_USER_DEFINED = 4
+
+# llama.cpp `tokenizer.ggml.pre` names whose split regex differs from GPT-2's.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_PRE_TOKENIZER_SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT}
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level BPE vocabularies."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class GgufTokenizerData:
+    """The tokenizer metadata of a GGUF file, as plain Python values."""
+
+    model: str
+    pre: str
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    bos_token_id: int | None
+    eos_token_id: int | None
+    add_bos_token: bool
+    chat_template: str | None
+    context_length: int | None
+
+
+def read_gguf_tokenizer(path: str) -> GgufTokenizerData:
+    """Read the `tokenizer.*` metadata of a GGUF file (no tensor data is touched)."""
+    from gguf import GGUFReader, GGUFValueType  # heavy import, only when loading
+
+    reader = GGUFReader(path)
+    fields = reader.fields
+
+    def scalar(key: str) -> Any:
+        field = fields.get(key)
+        if field is None:
+            return None
+        if field.types and field.types[0] == GGUFValueType.STRING:
+            return bytes(field.parts[field.data[0]]).decode("utf-8")
+        return field.parts[field.data[0]].tolist()[0]
+
+    def strings(key: str) -> list[str]:
+        field = fields.get(key)
+        if field is None:
+            return []
+        parts = field.parts
+        return [bytes(parts[i]).decode("utf-8", errors="replace") for i in field.data]
+
+    def ints(key: str) -> list[int]:
+        field = fields.get(key)
+        if field is None:
+            return []
+        parts = field.parts
+        return [int(parts[i][0]) for i in field.data]
+
+    arch = scalar("general.architecture") or ""
+    add_bos = scalar("tokenizer.ggml.add_bos_token")
+    return GgufTokenizerData(
+        model=scalar("tokenizer.ggml.model") or "",
+        pre=scalar("tokenizer.ggml.pre") or "",
+        tokens=strings("tokenizer.ggml.tokens"),
+        token_types=ints("tokenizer.ggml.token_type"),
+        merges=strings("tokenizer.ggml.merges"),
+        bos_token_id=scalar("tokenizer.ggml.bos_token_id"),
+        eos_token_id=scalar("tokenizer.ggml.eos_token_id"),
+        add_bos_token=bool(add_bos) if add_bos is not None else False,
+        chat_template=scalar("tokenizer.chat_template"),
+        context_length=scalar(f"{arch}.context_length"),
+    )
+
+
+def _byte_level_backend(data: GgufTokenizerData) -> tuple[BackendTokenizer, list[bytes], frozenset[int]]:
+    spelling = bytes_to_unicode()
+    alphabet = set(spelling.values())
+    unspell = {ch: b for b, ch in spelling.items()}
+    vocab: dict[str, int] = {}
+    token_bytes: list[bytes] = []
+    for index, token in enumerate(data.tokens):
+        if set(token) <= alphabet:
+            vocab[token] = index
+            token_bytes.append(bytes(unspell[ch] for ch in token))
+        else:  # a token written in plain text (llama.cpp does this for some added tokens)
+            vocab["".join(spelling[b] for b in token.encode("utf-8"))] = index
+            token_bytes.append(token.encode("utf-8"))
+    merges = [tuple(m.split(" ", 1)) for m in data.merges]
+    backend = BackendTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))  # type: ignore[arg-type]
+    split = _PRE_TOKENIZER_SPLITS.get(data.pre)
+    if split is not None:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(split), behavior="isolated"),
+             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+    else:
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    types = data.token_types or [1] * len(data.tokens)
+    special: list[AddedToken] = []
+    special_ids: set[int] = set()
+    user_defined: list[AddedToken] = []
+    for index, (token, token_type) in enumerate(zip(data.tokens, types, strict=False)):
+        if token_type == _TOKEN_TYPE_CONTROL and set(token) <= alphabet:
+            special.append(AddedToken(token, normalized=False, special=True))
+            special_ids.add(index)
+        elif token_type == _TOKEN_TYPE_USER_DEFINED:
+            user_defined.append(AddedToken(token, normalized=False, special=False))
+    if special:
+        backend.add_special_tokens(special)
+    if user_defined:
+        backend.add_tokens(user_defined)
+    return backend, token_bytes, frozenset(special_ids)
+
+
+class Tokenizer:
+    """A model's tokenizer: encode/decode, the chat template, and per-token bytes for streaming."""
+
+    def __init__(
+        self,
+        backend: BackendTokenizer,
+        *,
+        token_bytes: list[bytes] | None = None,
+        special_ids: Iterable[int] = (),
+        bos_token_id: int | None = None,
+        eos_token_ids: Sequence[int] = (),
+        add_bos_token: bool = False,
+        chat_template: str | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        self.backend = backend
+        self.special_ids = frozenset(special_ids)
+        self.bos_token_id = bos_token_id
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.add_bos_token = add_bos_token
+        self.context_length = context_length
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        if token_bytes is None:
+            token_bytes = [self._bytes_of(i) for i in range(self.vocab_size)]
+        self._token_bytes = token_bytes
+        # What a streamed token contributes to the text when special tokens are skipped.
+        self._visible_bytes = [b"" if i in self.special_ids else b for i, b in enumerate(token_bytes)]
+        bos = self.id_to_token(bos_token_id) if bos_token_id is not None else ""
+        eos = self.id_to_token(self.eos_token_ids[0]) if self.eos_token_ids else ""
+        self.chat_template = (
+            ChatTemplate(chat_template, bos_token=bos, eos_token=eos) if chat_template else None
+        )
+
+    @classmethod
+    def from_gguf(cls, path: str, *, chat_template: str | None = None) -> Tokenizer:
+        data = read_gguf_tokenizer(path)
+        if data.model != "gpt2":
+            raise ValueError(f"{path}: tokenizer model {data.model!r} is not supported (only byte-level BPE 'gpt2')")
+        backend, token_bytes, special_ids = _byte_level_backend(data)
+        return cls(
+            backend,
+            token_bytes=token_bytes,
+            special_ids=special_ids,
+            bos_token_id=data.bos_token_id,
+            eos_token_ids=(data.eos_token_id,) if data.eos_token_id is not None else (),
+            add_bos_token=data.add_bos_token,
+            chat_template=chat_template or data.chat_template,
+            context_length=data.context_length,
+        )
+
+    @classmethod
+    def from_path(cls, path: str, *, chat_template: str | None = None) -> Tokenizer:
+        """A GGUF file, or an HF model directory holding tokenizer.json (+ tokenizer_config.json)."""
+        if os.path.isdir(path):
+            return cls._from_hf_dir(path, chat_template)
+        return cls.from_gguf(path, chat_template=chat_template)
+
+    @classmethod
+    def _from_hf_dir(cls, path: str, chat_template: str | None) -> Tokenizer:
+        import json
+
+        backend = BackendTokenizer.from_file(os.path.join(path, "tokenizer.json"))
+        config: dict[str, Any] = {}
+        config_path = os.path.join(path, "tokenizer_config.json")
+        if os.path.exists(config_path):
+            with open(config_path) as f:
+                config = json.load(f)
+        special = [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
+        special_ids = [backend.token_to_id(t) for t in special]
+
+        def token_id(name: str) -> int | None:
+            value = config.get(name)
+            if isinstance(value, dict):
+                value = value.get("content")
+            return backend.token_to_id(value) if isinstance(value, str) else None
+
+        eos = token_id("eos_token")
+        return cls(
+            backend,
+            special_ids=[i for i in special_ids if i is not None],
+            bos_token_id=token_id("bos_token"),
+            eos_token_ids=(eos,) if eos is not None else (),
+            add_bos_token=bool(config.get("add_bos_token", False)),
+            chat_template=chat_template or config.get("chat_template"),
+        )
+
+    # -- encode / decode -------------------------------------------------------------
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`; special-token text (e.g. `<|im_start|>`) maps to its id."""
+        ids: list[int] = self.backend.encode(text, add_special_tokens=False).ids
+        if add_special_tokens and self.add_bos_token and self.bos_token_id is not None:
+            if not ids or ids[0] != self.bos_token_id:
+                ids.insert(0, self.bos_token_id)
+        return ids
+
+    def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        table = self._visible_bytes if skip_special_tokens else self._token_bytes
+        return b"".join(table[i] for i in token_ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes token `token_id` stands for (logprobs report these)."""
+        return self._token_bytes[token_id]
+
+    def id_to_token(self, token_id: int) -> str:
+        return self.backend.id_to_token(token_id) or ""
+
+    def is_valid_id(self, token_id: int) -> bool:
+        return 0 <= token_id < len(self._token_bytes)
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **extra: Any
+    ) -> str:
+        if self.chat_template is None:
+            raise ValueError("this model has no chat template")
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
+
+    def detokenizer(self, *, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self._visible_bytes if skip_special_tokens else self._token_bytes)
+
+    def _bytes_of(self, token_id: int) -> bytes:
+        # Generic fallback (non byte-level models): what the decoder makes of the token alone.
+        return self.backend.decode([token_id], skip_special_tokens=False).encode("utf-8")
+
+
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
+class IncrementalDetokenizer:
+    """Turns a stream of token ids into text pieces; never splits a UTF-8 character.
+
+    Bytes of a character cut across tokens wait in the decoder until the
+    character is complete, so no replacement character appears mid-stream;
+    `flush()` at the end renders any incomplete tail as U+FFFD.
+    """
+
+    __slots__ = ("_table", "_decoder")
+
+    def __init__(self, table: list[bytes]) -> None:
+        self._table = table
+        self._decoder = _Utf8Decoder(errors="replace")
+
+    def add(self, token_ids: Iterable[int]) -> str:
+        """The text the new tokens complete (possibly "")."""
+        table = self._table
+        return self._decoder.decode(b"".join([table[i] for i in token_ids]))
+
+    def add_one(self, token_id: int) -> str:
+        return self._decoder.decode(self._table[token_id])
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for proto/*.proto (built by `make proto`, never edited)."""

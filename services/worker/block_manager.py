@@ -1,0 +1,226 @@
+"""Paged KV block pool with prefix caching by chained block hash.
+
+Shared by the torch engine and the mocker so both cache, evict and report
+exactly alike. Not thread-safe: the engine's scheduler thread owns it.
+
+A block is in one of three states:
+- active: referenced by at least one running/waiting sequence;
+- cached: unreferenced but holding a full, hashed block (reusable by hash,
+  evictable in LRU order);
+- free: holds nothing.
+Allocation takes free blocks first, then evicts the least recently used
+cached block (reported as removed).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tandem.runtime.block_hash import BLOCK_HASH_SEED, hash_blocks
+
+from .kv_event_sink import KvEventSink
+
+
+@dataclass(slots=True)
+class BlockTable:
+    """The blocks one sequence holds, in order, and how many of them are hashed."""
+
+    block_ids: list[int] = field(default_factory=list)
+    # Sequence hashes of the first len(hashes) blocks (full and computed).
+    hashes: list[int] = field(default_factory=list)
+    # Prompt tokens found in the cache when the table was allocated.
+    num_cached_tokens: int = 0
+
+
+class BlockManager:
+    """Owns the pool of KV blocks: allocation, reference counts, prefix cache, LRU eviction."""
+
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        sink: KvEventSink | None = None,
+        hash_seed: int = BLOCK_HASH_SEED,
+        enable_prefix_caching: bool = True,
+    ) -> None:
+        if num_blocks <= 0 or block_size <= 0:
+            raise ValueError("num_blocks and block_size must be positive")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.hash_seed = hash_seed
+        self.enable_prefix_caching = enable_prefix_caching
+        self._sink = sink
+        self._ref_counts = [0] * num_blocks
+        self._block_hash: list[int | None] = [None] * num_blocks
+        self._hash_to_block: dict[int, int] = {}
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self._cached: OrderedDict[int, None] = OrderedDict()  # LRU order, oldest first
+        self.num_prompt_tokens_seen = 0
+        self.num_prompt_tokens_cached = 0
+
+    # -- queries -------------------------------------------------------------
+
+    @property
+    def num_available_blocks(self) -> int:
+        """Blocks an allocation can take now (free + evictable cached)."""
+        return len(self._free) + len(self._cached)
+
+    @property
+    def num_active_blocks(self) -> int:
+        return self.num_blocks - self.num_available_blocks
+
+    @property
+    def num_cached_blocks(self) -> int:
+        return len(self._cached)
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        seen = self.num_prompt_tokens_seen
+        return self.num_prompt_tokens_cached / seen if seen else 0.0
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def resident_hashes(self) -> list[int]:
+        return list(self._hash_to_block)
+
+    def match_prefix(self, token_ids: Sequence[int]) -> int:
+        """Number of leading full blocks of `token_ids` resident now (no side effects)."""
+        if not self.enable_prefix_caching:
+            return 0
+        n = 0
+        for h in hash_blocks(token_ids, self.block_size, self.hash_seed).sequence:
+            if h not in self._hash_to_block:
+                break
+            n += 1
+        return n
+
+    # -- allocation ----------------------------------------------------------
+
+    def allocate_prompt(self, token_ids: Sequence[int], reserve_tokens: int = 0) -> BlockTable | None:
+        """Blocks for a prompt (+ `reserve_tokens` more), reusing cached prefix blocks.
+
+        Returns None, changing nothing, when not enough blocks are available.
+        The block holding the last prompt token is never taken from the cache,
+        so the engine always computes at least one token (it needs its logits).
+        """
+        bs = self.block_size
+        hashes = (
+            hash_blocks(token_ids, bs, self.hash_seed).sequence if self.enable_prefix_caching else []
+        )
+        reusable = (len(token_ids) - 1) // bs  # blocks strictly before the last token's block
+        hit_ids: list[int] = []
+        for h in hashes[:reusable]:
+            block_id = self._hash_to_block.get(h)
+            if block_id is None:
+                break
+            hit_ids.append(block_id)
+        num_new = self.blocks_for(len(token_ids) + reserve_tokens) - len(hit_ids)
+        # Cached hits that are currently evictable stop being available once taken.
+        hits_from_cache = sum(1 for b in hit_ids if self._ref_counts[b] == 0)
+        if num_new > self.num_available_blocks - hits_from_cache:
+            return None
+        for block_id in hit_ids:
+            self._take(block_id)
+        table = BlockTable(
+            block_ids=hit_ids + [self._take_new() for _ in range(num_new)],
+            hashes=hashes[: len(hit_ids)],
+            num_cached_tokens=len(hit_ids) * bs,
+        )
+        self.num_prompt_tokens_seen += len(token_ids)
+        self.num_prompt_tokens_cached += table.num_cached_tokens
+        return table
+
+    def ensure_capacity(self, table: BlockTable, num_tokens: int) -> bool:
+        """Grow `table` to hold `num_tokens` tokens; False (unchanged) if blocks ran out."""
+        need = self.blocks_for(num_tokens) - len(table.block_ids)
+        if need <= 0:
+            return True
+        if need > self.num_available_blocks:
+            return False
+        table.block_ids.extend(self._take_new() for _ in range(need))
+        return True
+
+    def mark_computed(self, table: BlockTable, token_ids: Sequence[int], num_computed: int) -> None:
+        """Hash and publish blocks that became full now that `num_computed` tokens have KV.
+
+        `token_ids` is the sequence's whole token list (prompt + output so far).
+        """
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        start = len(table.hashes)
+        end = min(num_computed, len(token_ids)) // bs
+        if end <= start:
+            return
+        parent = table.hashes[-1] if table.hashes else None
+        new = hash_blocks(token_ids[start * bs : end * bs], bs, self.hash_seed, parent_hash=parent)
+        # Runs of consecutive newly resident blocks, each with the hash before it.
+        runs: list[tuple[int | None, list[tuple[int, int]]]] = []
+        extends_run = False
+        for seq_hash, local_hash in zip(new.sequence, new.local, strict=True):
+            block_id = table.block_ids[len(table.hashes)]
+            parent = table.hashes[-1] if table.hashes else None
+            table.hashes.append(seq_hash)
+            if seq_hash in self._hash_to_block:
+                extends_run = False  # an identical block is resident; this copy stays private
+                continue
+            self._block_hash[block_id] = seq_hash
+            self._hash_to_block[seq_hash] = block_id
+            if extends_run:
+                runs[-1][1].append((seq_hash, local_hash))
+            else:
+                runs.append((parent, [(seq_hash, local_hash)]))
+            extends_run = True
+        if self._sink is not None:
+            for run_parent, blocks in runs:
+                self._sink.stored(run_parent, blocks)
+
+    def free(self, table: BlockTable) -> None:
+        """Release a sequence's blocks; hashed ones stay cached for reuse."""
+        # Free in reverse so a sequence's tail is evicted before its prefix.
+        for block_id in reversed(table.block_ids):
+            self._ref_counts[block_id] -= 1
+            if self._ref_counts[block_id] == 0:
+                if self._block_hash[block_id] is not None:
+                    self._cached[block_id] = None
+                else:
+                    self._free.append(block_id)
+        table.block_ids.clear()
+        table.hashes.clear()
+
+    def clear(self) -> None:
+        """Drop every cached block (active ones must already be freed)."""
+        for block_id in list(self._cached):
+            self._forget(block_id)
+            self._free.append(block_id)
+        self._cached.clear()
+        if self._sink is not None:
+            self._sink.cleared()
+
+    # -- internals -----------------------------------------------------------
+
+    def _take(self, block_id: int) -> None:
+        if self._ref_counts[block_id] == 0:
+            self._cached.pop(block_id, None)
+        self._ref_counts[block_id] += 1
+
+    def _take_new(self) -> int:
+        if self._free:
+            block_id = self._free.pop()
+        else:
+            block_id, _ = self._cached.popitem(last=False)
+            evicted = self._forget(block_id)
+            if self._sink is not None and evicted is not None:
+                self._sink.removed([evicted])
+        self._ref_counts[block_id] = 1
+        return block_id
+
+    def _forget(self, block_id: int) -> int | None:
+        h = self._block_hash[block_id]
+        self._block_hash[block_id] = None
+        if h is not None and self._hash_to_block.get(h) == block_id:
+            del self._hash_to_block[h]
+        return h

@@ -1,0 +1,127 @@
+"""Block hashing against an independent pure-Python XXH3-64 (written from the xxHash spec)."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+from tandem.runtime.block_hash import (
+    BLOCK_HASH_SEED,
+    chain_hash,
+    hash_blocks,
+    local_block_hash,
+    sequence_hashes,
+)
+
+M64 = (1 << 64) - 1
+PRIME64_1 = 0x9E3779B185EBCA87
+PRIME_MX1 = 0x165667919E3779F9
+# First 128 bytes of XXH3's default secret (kSecret); inputs of at most 128 bytes use no more.
+K_SECRET = bytes.fromhex(
+    "b8fe6c3923a44bbe7c01812cf721ad1cded46de9839097db7240a4a4b7b3671f"
+    "cb79e64eccc0e578825ad07dccff7221b8084674f743248ee03590e6813a264c"
+    "3c2852bb91c300cb88d0658b1b532ea371644897a20df94e3819ef46a9deacd8"
+    "a8fa763fe39c343ff9dcbbc7c70b4f1d8a51e04bcdb45931c89f7ec9d9787364"
+)
+
+
+def _u64(data: bytes, offset: int) -> int:
+    return int(struct.unpack_from("<Q", data, offset)[0])
+
+
+def _fold(a: int, b: int) -> int:
+    product = a * b
+    return (product & M64) ^ (product >> 64)
+
+
+def _avalanche(h: int) -> int:
+    h ^= h >> 37
+    h = (h * PRIME_MX1) & M64
+    return h ^ (h >> 32)
+
+
+def _mix16(data: bytes, offset: int, secret_offset: int, seed: int) -> int:
+    lo = _u64(data, offset) ^ ((_u64(K_SECRET, secret_offset) + seed) & M64)
+    hi = _u64(data, offset + 8) ^ ((_u64(K_SECRET, secret_offset + 8) - seed) & M64)
+    return _fold(lo, hi)
+
+
+def reference_xxh3_64(data: bytes, seed: int) -> int:
+    """XXH3-64 for 9..128-byte inputs: the sizes block hashing produces."""
+    n = len(data)
+    if 9 <= n <= 16:
+        flip1 = ((_u64(K_SECRET, 24) ^ _u64(K_SECRET, 32)) + seed) & M64
+        flip2 = ((_u64(K_SECRET, 40) ^ _u64(K_SECRET, 48)) - seed) & M64
+        lo = _u64(data, 0) ^ flip1
+        hi = _u64(data, n - 8) ^ flip2
+        swapped = int.from_bytes(lo.to_bytes(8, "little"), "big")
+        return _avalanche((n + swapped + hi + _fold(lo, hi)) & M64)
+    if 17 <= n <= 128:
+        acc = (n * PRIME64_1) & M64
+        if n > 32:
+            if n > 64:
+                if n > 96:
+                    acc += _mix16(data, 48, 96, seed) + _mix16(data, n - 64, 112, seed)
+                acc += _mix16(data, 32, 64, seed) + _mix16(data, n - 48, 80, seed)
+            acc += _mix16(data, 16, 32, seed) + _mix16(data, n - 32, 48, seed)
+        acc += _mix16(data, 0, 0, seed) + _mix16(data, n - 16, 16, seed)
+        return _avalanche(acc & M64)
+    raise ValueError("reference covers 9..128 bytes only")
+
+
+def reference_sequence_hashes(tokens: list[int], block_size: int, seed: int) -> list[int]:
+    out: list[int] = []
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        block = tokens[start : start + block_size]
+        local = reference_xxh3_64(struct.pack(f"<{block_size}I", *block), seed)
+        out.append(local if not out else reference_xxh3_64(struct.pack("<QQ", out[-1], local), seed))
+    return out
+
+
+@pytest.mark.parametrize("block_size", [4, 16, 32])
+def test_sequence_hashes_match_independent_reference(block_size: int) -> None:
+    rng = random.Random(block_size)
+    tokens = [rng.randrange(0, 200_000) for _ in range(block_size * 7 + 3)]
+    assert sequence_hashes(tokens, block_size) == reference_sequence_hashes(tokens, block_size, 1337)
+
+
+def test_local_hash_is_xxh3_of_le_u32_with_seed_1337() -> None:
+    tokens = list(range(16))
+    assert local_block_hash(tokens) == reference_xxh3_64(struct.pack("<16I", *tokens), 1337)
+    assert BLOCK_HASH_SEED == 1337
+
+
+def test_partial_tail_is_never_hashed() -> None:
+    assert sequence_hashes(list(range(15)), 16) == []
+    assert len(sequence_hashes(list(range(33)), 16)) == 2
+
+
+def test_equal_prefixes_share_hashes_and_divergence_changes_the_rest() -> None:
+    a = list(range(64))
+    b = list(range(32)) + [999] + list(range(33, 64))
+    ha, hb = sequence_hashes(a, 16), sequence_hashes(b, 16)
+    assert ha[:2] == hb[:2]
+    assert ha[2] != hb[2] and ha[3] != hb[3]  # the chain carries the difference forward
+
+
+def test_same_block_at_different_positions_has_same_local_but_different_sequence_hash() -> None:
+    block = [7] * 16
+    hashes = hash_blocks(block * 2, 16)
+    assert hashes.local[0] == hashes.local[1]
+    assert hashes.sequence[0] != hashes.sequence[1]
+
+
+def test_seed_changes_every_hash() -> None:
+    tokens = list(range(48))
+    assert not set(sequence_hashes(tokens, 16)) & set(sequence_hashes(tokens, 16, seed=42))
+
+
+def test_continuing_a_chain_equals_hashing_the_whole() -> None:
+    tokens = list(range(80))
+    whole = hash_blocks(tokens, 16)
+    tail = hash_blocks(tokens[32:], 16, parent_hash=whole.sequence[1])
+    assert whole.sequence[2:] == tail.sequence
+    assert chain_hash(None, whole.local[0]) == whole.sequence[0]
+    assert chain_hash(whole.sequence[0], whole.local[1]) == whole.sequence[1]
