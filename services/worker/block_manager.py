@@ -99,7 +99,9 @@ class BlockManager:
 
     # -- allocation ----------------------------------------------------------
 
-    def allocate_prompt(self, token_ids: Sequence[int], reserve_tokens: int = 0) -> BlockTable | None:
+    def allocate_prompt(
+        self, token_ids: Sequence[int], reserve_tokens: int = 0
+    ) -> BlockTable | None:
         """Blocks for a prompt (+ `reserve_tokens` more), reusing cached prefix blocks.
 
         Returns None, changing nothing, when not enough blocks are available.
@@ -107,9 +109,9 @@ class BlockManager:
         so the engine always computes at least one token (it needs its logits).
         """
         bs = self.block_size
-        hashes = (
-            hash_blocks(token_ids, bs, self.hash_seed).sequence if self.enable_prefix_caching else []
-        )
+        hashes = []
+        if self.enable_prefix_caching:
+            hashes = hash_blocks(token_ids, bs, self.hash_seed).sequence
         reusable = (len(token_ids) - 1) // bs  # blocks strictly before the last token's block
         hit_ids: list[int] = []
         for h in hashes[:reusable]:

@@ -114,10 +114,6 @@ class BaseEngine(abc.ABC):
     block_size: int
     total_blocks: int
     model_name: str
-    # Tokenizer / chat template source (GGUF file or HF directory) and EOS ids,
-    # published in the model card for the frontend.
-    model_path: str = ""
-    eos_token_ids: tuple[int, ...] = ()
 
     @abc.abstractmethod
     async def start(self) -> None: ...
@@ -135,6 +131,15 @@ class BaseEngine(abc.ABC):
     def context_length(self) -> int:
         """Longest prompt + output this engine accepts."""
         return 2**31
+
+    @property
+    def model_path(self) -> str:
+        """Where clients load the tokenizer and chat template (GGUF file or HF directory)."""
+        return ""
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return ()
 
     def model_card(self) -> ModelCard:
         """What the worker publishes at `tandem/{ns}/models/{model}`."""

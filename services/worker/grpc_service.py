@@ -1,0 +1,168 @@
+"""The `tandem.v1.Worker` gRPC service: protobuf at the edge, engine types inside."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
+
+from .engine import BaseEngine, EngineError, EngineOutput, EngineRequest, SamplingConfig
+from .kv_publisher import KvEventPublisher
+from .metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+_FINISH = {
+    None: worker_pb2.FINISH_REASON_UNSPECIFIED,
+    "stop": worker_pb2.FINISH_REASON_STOP,
+    "length": worker_pb2.FINISH_REASON_LENGTH,
+    "abort": worker_pb2.FINISH_REASON_ABORT,
+    "error": worker_pb2.FINISH_REASON_ERROR,
+}
+
+
+def to_engine_request(msg: worker_pb2.GenerateRequest) -> EngineRequest:
+    p = msg.sampling
+    sampling = SamplingConfig(
+        temperature=p.temperature,
+        top_p=p.top_p if p.top_p > 0 else 1.0,
+        top_k=p.top_k,
+        seed=p.seed if p.HasField("seed") else None,
+        max_tokens=p.max_tokens,  # 0: up to the context length
+        stop_token_ids=tuple(p.stop_token_ids),
+        ignore_eos=p.ignore_eos,
+        logprobs=p.logprobs,
+        top_logprobs=p.top_logprobs,
+    )
+    return EngineRequest(
+        request_id=msg.request_id,
+        token_ids=list(msg.token_ids),
+        sampling=sampling,
+        num_generated_before=msg.num_generated_before,
+    )
+
+
+def to_response(out: EngineOutput) -> worker_pb2.GenerateResponse:
+    resp = worker_pb2.GenerateResponse(
+        token_ids=out.token_ids, finish_reason=_FINISH[out.finish_reason]
+    )
+    if out.logprobs:
+        resp.logprobs.extend(
+            worker_pb2.TokenLogprob(
+                token_id=lp.token_id,
+                logprob=lp.logprob,
+                top=[worker_pb2.TopLogprob(token_id=t, logprob=v) for t, v in lp.top],
+            )
+            for lp in out.logprobs
+        )
+    if out.usage is not None:
+        u = out.usage
+        resp.usage.CopyFrom(
+            worker_pb2.Usage(
+                prompt_tokens=u.prompt_tokens,
+                completion_tokens=u.completion_tokens,
+                cached_tokens=u.cached_tokens,
+            )
+        )
+    if out.error:
+        resp.error = out.error
+    return resp
+
+
+class WorkerService(worker_pb2_grpc.WorkerServicer):
+    """Serves one engine; `on_load_change` is called when requests start or end."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        engine: BaseEngine,
+        publisher: KvEventPublisher,
+        metrics: WorkerMetrics,
+        on_load_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.instance_id = instance_id
+        self.engine = engine
+        self.publisher = publisher
+        self.metrics = metrics
+        self.ready = False
+        self._on_load_change = on_load_change
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        if not self.ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is not serving")
+        if request.model and request.model != self.engine.model_name:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model {request.model!r} is not served here ({self.engine.model_name!r})",
+            )
+        extra = {"request_id": request.request_id, "instance_id": self.instance_id}
+        start = time.monotonic()
+        first = True
+        finish = "abort"
+        m = self.metrics
+        m.in_flight.inc()
+        self._on_load_change()
+        stream = self.engine.generate(to_engine_request(request))
+        try:
+            try:
+                async for out in stream:
+                    if first and out.token_ids:
+                        m.prefill_latency.observe(time.monotonic() - start)
+                        first = False
+                    m.generated_tokens.inc(len(out.token_ids))
+                    if out.finish_reason is not None:
+                        finish = out.finish_reason
+                        if out.usage is not None:
+                            m.prompt_tokens.inc(out.usage.prompt_tokens)
+                            m.cached_tokens.inc(out.usage.cached_tokens)
+                    yield to_response(out)
+            except EngineError as exc:
+                finish = "invalid"
+                log.info("rejected: %s", exc, extra=extra)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()  # on cancel: the engine aborts and frees blocks now
+            m.in_flight.dec()
+            m.requests.labels(finish).inc()
+            m.request_latency.observe(time.monotonic() - start)
+            self._on_load_change()
+
+    async def Health(  # noqa: N802
+        self, request: worker_pb2.HealthRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.HealthResponse:
+        return worker_pb2.HealthResponse(
+            ready=self.ready, instance_id=self.instance_id, model=self.engine.model_name
+        )
+
+    async def Stats(  # noqa: N802
+        self, request: worker_pb2.StatsRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.StatsResponse:
+        s = self.engine.stats()
+        return worker_pb2.StatsResponse(
+            instance_id=self.instance_id,
+            total_blocks=s.total_blocks,
+            active_blocks=s.active_blocks,
+            cached_blocks=s.cached_blocks,
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            prefix_cache_hit_rate=s.prefix_cache_hit_rate,
+            kv_usage=s.kv_usage,
+            num_preemptions=s.num_preemptions,
+            prefill_step_seconds_avg=s.prefill_step_seconds_avg,
+            decode_step_seconds_avg=s.decode_step_seconds_avg,
+        )
+
+    async def KvEventsSince(  # noqa: N802
+        self, request: worker_pb2.KvEventsSinceRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.KvEventsSinceResponse:
+        events, is_snapshot, last = self.publisher.events_since(request.from_event_id)
+        resp = worker_pb2.KvEventsSinceResponse(is_snapshot=is_snapshot, last_event_id=last)
+        resp.events.extend(events)
+        return resp

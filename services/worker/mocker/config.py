@@ -1,0 +1,90 @@
+"""Settings of the mocker engine (flags are generated from the field names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tandem.runtime.config import option
+from tandem.runtime.model_card import (
+    DEFAULT_CONTEXT_LENGTH,
+    DEFAULT_EOS_TOKEN_IDS,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_VOCAB_SIZE,
+    default_model_path,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MockerConfig:
+    """Mocker engine: a simulated paged KV cache, scheduler and step timing (no model).
+
+    Timing defaults approximate a mid-size (~8B) model on one modern GPU.
+    """
+
+    model_name: str = option(
+        DEFAULT_MODEL_NAME, "model name served and advertised in the model card"
+    )
+    model_path: str = option(
+        "",
+        "tokenizer/chat-template source advertised in the model card; empty = bundled SmolLM2 GGUF",
+    )
+    num_kv_blocks: int = option(16384, "simulated KV cache blocks")
+    kv_cache_block_size: int = option(16, "tokens per KV block")
+    max_num_seqs: int = option(256, "most sequences in one running batch")
+    max_num_batched_tokens: int = option(8192, "token budget of one engine step (chunked prefill)")
+    vocab_size: int = option(
+        DEFAULT_VOCAB_SIZE, "generated token ids are drawn from [0, vocab_size)"
+    )
+    context_length: int = option(DEFAULT_CONTEXT_LENGTH, "longest prompt + output")
+    eos_token_id: int = option(
+        DEFAULT_EOS_TOKEN_IDS[0], "EOS id advertised in the model card (never generated)"
+    )
+    enable_prefix_caching: bool = option(True, "reuse KV blocks of identical prompt prefixes")
+    speedup_ratio: float = option(
+        1.0, "divide every simulated time by this (10 = ten times faster)"
+    )
+    prefill_step_seconds: float = option(0.015, "fixed cost of a step that prefills")
+    prefill_token_seconds: float = option(20e-6, "cost per uncached prompt token prefilled")
+    decode_step_seconds: float = option(0.006, "fixed cost of a decode-only step")
+    decode_seq_seconds: float = option(30e-6, "decode cost per sequence in the batch")
+    decode_kv_token_seconds: float = option(
+        40e-9, "decode cost per context token read (KV bandwidth)"
+    )
+    watermark: float = option(
+        0.01, "fraction of blocks kept free when admitting (fewer preemptions)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_kv_blocks <= 0 or self.kv_cache_block_size <= 0:
+            raise ValueError("num_kv_blocks and kv_cache_block_size must be positive")
+        if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.vocab_size < 2 or self.context_length < 2:
+            raise ValueError("vocab_size and context_length must be at least 2")
+        if self.speedup_ratio <= 0:
+            raise ValueError("speedup_ratio must be positive")
+        if not 0.0 <= self.watermark < 1.0:
+            raise ValueError("watermark must be in [0, 1)")
+
+    @property
+    def resolved_model_path(self) -> str:
+        return self.model_path or default_model_path()
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest sequence that fits: the context length, capped by the whole KV pool."""
+        return min(self.context_length, self.num_kv_blocks * self.kv_cache_block_size)
+
+    def step_seconds(
+        self, num_prefill_tokens: int, num_decode_seqs: int, num_decode_context_tokens: int
+    ) -> float:
+        """Simulated wall time of one step (already divided by `speedup_ratio`)."""
+        if num_prefill_tokens:
+            base = self.prefill_step_seconds + self.prefill_token_seconds * num_prefill_tokens
+        elif num_decode_seqs:
+            base = self.decode_step_seconds
+        else:
+            return 0.0
+        base += self.decode_seq_seconds * num_decode_seqs
+        base += self.decode_kv_token_seconds * num_decode_context_tokens
+        return base / self.speedup_ratio

@@ -1,0 +1,183 @@
+"""The mocker engine: a real BlockManager and scheduler, simulated step time, no model.
+
+Everything runs on the event loop: a step does no compute, it only sleeps the
+modelled step time, so one asyncio task per engine is enough and hundreds of
+mocker workers fit on one machine.
+
+Generated tokens are pseudo-random ids in [0, vocab_size), never EOS: without
+a stop token a request runs to `max_tokens` (or the context length), which is
+what load tests want. `stop_token_ids` are honoured if drawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+
+from tandem.runtime.model_card import ModelCard
+
+from ..block_manager import BlockManager
+from ..engine import BaseEngine, EngineError, EngineOutput, EngineRequest, EngineStats
+from ..kv_event_sink import KvEventSink
+from .config import MockerConfig
+from .scheduler import Scheduler, StepPlan
+from .sequence import MockSequence, token_rng
+
+log = logging.getLogger(__name__)
+_EMA = 0.1  # weight of the newest step in the step-time averages
+
+
+class MockerEngine(BaseEngine):
+    """Owns the simulated KV cache, the scheduler and the step loop task."""
+
+    def __init__(self, config: MockerConfig, sink: KvEventSink | None = None) -> None:
+        self.config = config
+        self.block_size = config.kv_cache_block_size
+        self.total_blocks = config.num_kv_blocks
+        self.model_name = config.model_name
+        self.blocks = BlockManager(
+            config.num_kv_blocks,
+            config.kv_cache_block_size,
+            sink,
+            enable_prefix_caching=config.enable_prefix_caching,
+        )
+        self.scheduler = Scheduler(config, self.blocks)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._prefill_avg = 0.0
+        self._decode_avg = 0.0
+
+    @property
+    def context_length(self) -> int:
+        return self.config.max_model_len
+
+    @property
+    def model_path(self) -> str:
+        return self.config.resolved_model_path
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return (self.config.eos_token_id,)
+
+    def model_card(self) -> ModelCard:
+        return dataclasses.replace(super().model_card(), vocab_size=self.config.vocab_size)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="mocker-steps")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.scheduler.abort_all()
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        seq = self._new_sequence(request)
+        self.scheduler.add(seq)
+        self._wake.set()
+        try:
+            while True:
+                if not seq.pending and seq.finish_reason is None:
+                    seq.event.clear()
+                    await seq.event.wait()
+                out = seq.take_output()
+                if out.token_ids or out.finish_reason is not None:
+                    yield out
+                if out.finish_reason is not None:
+                    return
+        finally:
+            if seq.finish_reason is None:
+                self.scheduler.abort(seq)
+
+    def stats(self) -> EngineStats:
+        sched = self.scheduler
+        return EngineStats(
+            total_blocks=self.total_blocks,
+            active_blocks=self.blocks.num_active_blocks,
+            cached_blocks=self.blocks.num_cached_blocks,
+            num_running=len(sched.running),
+            num_waiting=len(sched.waiting),
+            pending_prefill_tokens=sched.pending_prefill_tokens(),
+            prefix_cache_hit_rate=self.blocks.prefix_cache_hit_rate,
+            num_preemptions=sched.num_preemptions,
+            prefill_step_seconds_avg=self._prefill_avg,
+            decode_step_seconds_avg=self._decode_avg,
+        )
+
+    # -- internals -------------------------------------------------------------
+
+    def _new_sequence(self, request: EngineRequest) -> MockSequence:
+        prompt = request.token_ids
+        max_len = self.config.max_model_len
+        if not prompt:
+            raise EngineError("empty prompt")
+        if len(prompt) >= max_len:
+            raise EngineError(
+                f"prompt of {len(prompt)} tokens leaves no room in context of {max_len}"
+            )
+        if min(prompt) < 0 or max(prompt) >= self.config.vocab_size:
+            raise EngineError(f"token ids must be in [0, {self.config.vocab_size})")
+        sampling = request.sampling
+        before = request.num_generated_before
+        if before > len(prompt):
+            raise EngineError("num_generated_before exceeds the prompt")
+        # max_tokens counts tokens generated before a migration too.
+        max_new = sampling.max_tokens - before if sampling.max_tokens > 0 else max_len
+        if max_new <= 0:
+            raise EngineError(f"max_tokens {sampling.max_tokens} already reached")
+        return MockSequence(
+            request_id=request.request_id,
+            token_ids=list(prompt),
+            max_len=max_len,
+            num_prompt_tokens=len(prompt) - before,
+            num_generated_before=before,
+            max_new_tokens=max_new,
+            stop_token_ids=frozenset(sampling.stop_token_ids),
+            vocab_size=self.config.vocab_size,
+            banned_ids=frozenset(self.eos_token_ids),
+            rng=token_rng(request),
+            num_logprobs=sampling.top_logprobs if sampling.logprobs else -1,
+        )
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        sched = self.scheduler
+        deadline = loop.time()
+        while True:
+            if not sched.has_work:
+                self._wake.clear()
+                await self._wake.wait()
+                deadline = loop.time()
+            plan = sched.schedule()
+            if not plan.scheduled:
+                # Nothing fits this step (only after a preemption); go again at once.
+                await asyncio.sleep(0)
+                continue
+            seconds = self.config.step_seconds(
+                plan.num_prefill_tokens, plan.num_decode_seqs, plan.num_decode_context_tokens
+            )
+            self._record(plan, seconds)
+            # Sleep to an absolute deadline so scheduling overhead and timer
+            # rounding do not slow the simulated clock; never build up debt.
+            deadline += seconds
+            await asyncio.sleep(max(deadline - loop.time(), 0.0))
+            deadline = max(deadline, loop.time() - seconds)
+            sched.complete(plan)
+
+    def _record(self, plan: StepPlan, seconds: float) -> None:
+        if plan.num_prefill_tokens:
+            self._prefill_avg += (
+                _EMA * (seconds - self._prefill_avg) if self._prefill_avg else seconds
+            )
+        else:
+            self._decode_avg += _EMA * (seconds - self._decode_avg) if self._decode_avg else seconds
+
+
+def create_engine(config: MockerConfig, sink: KvEventSink | None = None) -> MockerEngine:
+    return MockerEngine(config, sink)

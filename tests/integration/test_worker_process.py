@@ -1,0 +1,306 @@
+"""A real worker process (mocker engine) against real nats + etcd, over real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import re
+import signal
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from tandem.runtime.discovery import Discovery
+from tandem.runtime.local_infra import LocalInfra
+from tandem.runtime.messaging import Messaging
+from tandem.runtime.model_card import ModelCard
+from tandem.runtime.wire import kv_events_pb2, worker_pb2, worker_pb2_grpc
+
+from tests.support.processes import ServiceProcess
+
+READY = re.compile(r"worker ready instance_id=(\S+) endpoint=(\S+) metrics=(\S+)")
+
+
+@dataclass
+class Worker:
+    proc: ServiceProcess
+    namespace: str
+    instance_id: str
+    endpoint: str
+    metrics: str
+
+
+def start_worker(infra: LocalInfra, namespace: str, log_dir: Path, *extra: str) -> Worker:
+    proc = ServiceProcess(
+        "tandem.worker",
+        [
+            "--engine",
+            "mocker",
+            "--nats",
+            infra.nats_url,
+            "--etcd",
+            infra.etcd_url,
+            "--namespace",
+            namespace,
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--speedup-ratio",
+            "100",
+            *extra,
+        ],
+        log_dir,
+    )
+    proc.wait_log("worker ready", timeout=60)
+    match = READY.search(proc.log_text())
+    assert match, proc.log_text()
+    return Worker(proc, namespace, *match.groups())
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], within: float, what: str
+) -> None:
+    """Re-check `predicate` (sync or async) until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def gen_request(
+    rid: str, prompt: list[int], max_tokens: int, **kw: object
+) -> worker_pb2.GenerateRequest:
+    return worker_pb2.GenerateRequest(
+        request_id=rid,
+        token_ids=prompt,
+        sampling=worker_pb2.SamplingParams(max_tokens=max_tokens, **kw),
+    )
+
+
+@pytest.fixture(scope="module")
+def worker(infra: LocalInfra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """One shared worker with a tiny KV event ring (8) so snapshots are reachable."""
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    w = start_worker(
+        infra,
+        namespace,
+        tmp_path_factory.mktemp("logs"),
+        "--kv-event-buffer",
+        "8",
+        "--num-kv-blocks",
+        "512",
+    )
+    yield w
+    assert w.proc.stop() == 0, w.proc.log_text()[-3000:]
+
+
+async def test_generate_streams_tokens_over_grpc(worker: Worker) -> None:
+    async with grpc.aio.insecure_channel(worker.endpoint) as channel:
+        stub = worker_pb2_grpc.WorkerStub(channel)
+        health = await stub.Health(worker_pb2.HealthRequest())
+        assert health.ready and health.instance_id == worker.instance_id
+        responses = [
+            r async for r in stub.Generate(gen_request("g1", list(range(50)), 20, logprobs=True))
+        ]
+        tokens = [t for r in responses for t in r.token_ids]
+        assert len(tokens) == 20
+        assert [lp.token_id for r in responses for lp in r.logprobs] == tokens
+        last = responses[-1]
+        assert last.finish_reason == worker_pb2.FINISH_REASON_LENGTH
+        assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (50, 20)
+        assert all(r.finish_reason == worker_pb2.FINISH_REASON_UNSPECIFIED for r in responses[:-1])
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.Generate(gen_request("bad", [], 5)):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.Generate(
+                worker_pb2.GenerateRequest(request_id="m", model="nope", token_ids=[1])
+            ):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    text = await asyncio.to_thread(scrape, f"http://{worker.metrics}/metrics")
+    assert "tandem_worker_prefill_latency_seconds_count" in text
+    assert re.search(r"^tandem_worker_requests_total\{finish_reason=\"length\"\} [1-9]", text, re.M)
+    for name in (
+        "kv_usage_ratio",
+        "prefix_cache_hit_ratio",
+        "waiting_requests",
+        "running_requests",
+        "decode_step_seconds",
+    ):
+        assert f"tandem_worker_{name} " in text
+
+
+async def test_cancel_aborts_and_frees_blocks(worker: Worker) -> None:
+    async with grpc.aio.insecure_channel(worker.endpoint) as channel:
+        stub = worker_pb2_grpc.WorkerStub(channel)
+        call = stub.Generate(gen_request("c1", list(range(7000, 7200)), 100_000))
+        first = await call.read()
+        assert first.token_ids
+        stats = await stub.Stats(worker_pb2.StatsRequest())
+        assert stats.active_blocks > 0 and stats.num_running == 1
+        call.cancel()
+        latest = stats
+
+        async def freed() -> bool:
+            nonlocal latest
+            latest = await stub.Stats(worker_pb2.StatsRequest())
+            return latest.active_blocks == 0
+
+        await wait_until(freed, 5, "blocks freed after cancel")
+        assert (latest.num_running, latest.num_waiting) == (0, 0)
+        assert latest.cached_blocks >= 200 // 16
+
+
+def apply(events: list[kv_events_pb2.KvEvent], state: dict[int, int | None]) -> None:
+    for ev in events:
+        kind = ev.WhichOneof("data")
+        if kind == "cleared":
+            state.clear()
+        elif kind == "stored":
+            parent = ev.stored.parent_hash if ev.stored.HasField("parent_hash") else None
+            for block in ev.stored.blocks:
+                state[block.block_hash] = parent
+                parent = block.block_hash
+        else:
+            for h in ev.removed.block_hashes:
+                state.pop(h, None)
+
+
+async def test_kv_events_on_jetstream_and_events_since(infra: LocalInfra, worker: Worker) -> None:
+    messaging = Messaging(infra.nats_url, worker.namespace)
+    await messaging.connect()
+    received: list[kv_events_pb2.KvEvent] = []
+
+    async def on_event(event: kv_events_pb2.KvEvent, _seq: int) -> None:
+        if event.instance_id == worker.instance_id:
+            received.append(event)
+
+    sub = await messaging.subscribe_kv_events(on_event)
+    try:
+        async with grpc.aio.insecure_channel(worker.endpoint) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            for i in range(12):  # distinct prompts: at least 12 stored events
+                async for _ in stub.Generate(gen_request(f"k{i}", [i + 1] * 40, 3)):
+                    pass
+            gap = await stub.KvEventsSince(worker_pb2.KvEventsSinceRequest(from_event_id=10**6))
+            last = gap.last_event_id
+            assert last >= 11
+            await wait_until(lambda: len(received) >= last + 1, 10, "KV events on JetStream")
+            assert [e.event_id for e in received] == list(range(last + 1))
+
+            tail = await stub.KvEventsSince(worker_pb2.KvEventsSinceRequest(from_event_id=last - 2))
+            assert not tail.is_snapshot and tail.last_event_id == last
+            assert list(tail.events) == received[last - 2 :]
+
+            snap = await stub.KvEventsSince(worker_pb2.KvEventsSinceRequest(from_event_id=0))
+            assert snap.is_snapshot and snap.last_event_id == last
+            assert snap.events[0].WhichOneof("data") == "cleared"
+            from_stream: dict[int, int | None] = {}
+            from_snapshot: dict[int, int | None] = {}
+            apply(received, from_stream)
+            apply(list(snap.events), from_snapshot)
+            assert from_snapshot == from_stream and from_stream
+    finally:
+        await sub.unsubscribe()
+        await messaging.close()
+
+
+async def test_registers_then_vanishes_after_sigkill_while_the_model_card_stays(
+    infra: LocalInfra, namespace: str, log_dir: Path
+) -> None:
+    discovery = Discovery(infra.etcd_url, namespace)
+    await discovery.start()
+    messaging = Messaging(infra.nats_url, namespace)
+    await messaging.connect()
+    loads: list[kv_events_pb2.LoadMetrics] = []
+
+    async def on_load(m: kv_events_pb2.LoadMetrics) -> None:
+        loads.append(m)
+
+    await messaging.subscribe_load(on_load)
+    try:
+        view = await discovery.instance_set("worker").start()
+        survivor = start_worker(infra, namespace, log_dir)
+        w = start_worker(infra, namespace, log_dir, "--num-kv-blocks", "1000")  # last card writer
+        await view.wait_for(lambda d: w.instance_id in d and survivor.instance_id in d, 10)
+        info = view.get(w.instance_id)
+        assert info is not None
+        assert (info.endpoint, info.model, info.role) == (
+            w.endpoint,
+            "SmolLM2-135M-Instruct",
+            "aggregated",
+        )
+        assert (info.block_size, info.total_blocks) == (16, 1000) and info.started_at > 0
+        raw = await discovery.get_model_card(info.model)
+        assert raw is not None
+        card = ModelCard.from_dict(raw)
+        assert await asyncio.to_thread(os.path.isfile, card.model_path)
+        assert card.model_path.endswith(".gguf")
+        assert (card.block_size, card.context_length, card.eos_token_ids) == (16, 8192, (2,))
+        await wait_until(
+            lambda: any(m.instance_id == w.instance_id for m in loads), 5, "a load report"
+        )
+        assert {m.total_blocks for m in loads if m.instance_id == w.instance_id} == {1000}
+
+        w.proc.kill()
+        killed_at = time.monotonic()
+        await view.wait_for(lambda d: w.instance_id not in d, 15)
+        assert time.monotonic() - killed_at <= 12
+
+        # etcd dropped the card with the dead writer's lease; the survivor writes it back.
+        async def card_present() -> bool:
+            return await discovery.get_model_card(info.model) is not None
+
+        await wait_until(card_present, 5, "the model card written back")
+        assert survivor.proc.stop() == 0
+    finally:
+        await messaging.close()
+        await discovery.close()
+
+
+async def test_sigterm_aborts_streams_and_deregisters_at_once(
+    infra: LocalInfra, namespace: str, log_dir: Path
+) -> None:
+    discovery = Discovery(infra.etcd_url, namespace)
+    await discovery.start()
+    try:
+        view = await discovery.instance_set("worker").start()
+        w = start_worker(infra, namespace, log_dir)
+        await view.wait_for(lambda d: w.instance_id in d, 10)
+        async with grpc.aio.insecure_channel(w.endpoint) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            call = stub.Generate(gen_request("t1", list(range(100)), 100_000))
+            assert (await call.read()).token_ids
+            w.proc.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                while True:
+                    msg = await call.read()
+                    assert msg is not grpc.aio.EOF, "stream ended normally instead of being aborted"
+            assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+            await view.wait_for(lambda d: w.instance_id not in d, 3)
+        assert await asyncio.to_thread(w.proc.proc.wait, 10) == 0
+        assert "worker stopped" in w.proc.log_text()
+    finally:
+        await discovery.close()

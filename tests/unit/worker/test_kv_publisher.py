@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from tandem.runtime.wire.kv_events_pb2 import KvEvent
+from tandem.worker.block_manager import BlockManager
+from tandem.worker.kv_publisher import KvEventPublisher
+
+
+class ListTransport:
+    def __init__(self) -> None:
+        self.events: list[KvEvent] = []
+
+    async def publish_kv_event(self, event: KvEvent) -> None:
+        self.events.append(event)
+
+
+def apply(events: list[KvEvent], state: dict[int, int | None]) -> None:
+    """A minimal reader: block hash -> parent hash, as a router index would keep."""
+    for ev in events:
+        kind = ev.WhichOneof("data")
+        if kind == "cleared":
+            state.clear()
+        elif kind == "stored":
+            parent = ev.stored.parent_hash if ev.stored.HasField("parent_hash") else None
+            for block in ev.stored.blocks:
+                state[block.block_hash] = parent
+                parent = block.block_hash
+        else:
+            for h in ev.removed.block_hashes:
+                state.pop(h, None)
+
+
+def test_events_are_numbered_from_zero_and_well_formed() -> None:
+    pub = KvEventPublisher("w1")
+    pub.stored(None, [(11, 1), (12, 2)])
+    pub.stored(12, [(13, 3)])
+    pub.removed([13])
+    pub.cleared()
+    events, is_snapshot, last = pub.events_since(0)
+    assert not is_snapshot and last == 3
+    assert [e.event_id for e in events] == [0, 1, 2, 3]
+    assert {e.instance_id for e in events} == {"w1"}
+    assert not events[0].stored.HasField("parent_hash")
+    assert [(b.block_hash, b.local_hash) for b in events[0].stored.blocks] == [(11, 1), (12, 2)]
+    assert events[1].stored.parent_hash == 12 and events[1].stored.tier == "hbm"
+    assert list(events[2].removed.block_hashes) == [13]
+    assert events[3].WhichOneof("data") == "cleared"
+
+
+def test_events_since_returns_the_gap_or_nothing() -> None:
+    pub = KvEventPublisher("w1", ring_size=8)
+    for i in range(5):
+        pub.stored(None, [(100 + i, i)])
+    events, is_snapshot, last = pub.events_since(3)
+    assert [e.event_id for e in events] == [3, 4] and not is_snapshot and last == 4
+    assert pub.events_since(5) == ([], False, 4)
+
+
+def test_snapshot_when_ring_lost_the_events_rebuilds_resident_blocks() -> None:
+    pub = KvEventPublisher("w1", ring_size=3)
+    bm = BlockManager(6, 2, pub)
+    reference: dict[int, int | None] = {}
+    # Two sequences sharing a prefix (a branch), then evictions.
+    for tokens in ([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 7, 8], [9, 9, 9, 9], [5, 5, 5, 5]):
+        table = bm.allocate_prompt(tokens)
+        assert table is not None
+        bm.mark_computed(table, tokens, len(tokens))
+        bm.free(table)
+    everything = pub._ring  # only the last 3 remain
+    assert everything[0].event_id > 0
+    events, is_snapshot, last = pub.events_since(0)
+    assert is_snapshot and last == pub.next_event_id - 1
+    assert events[0].WhichOneof("data") == "cleared"
+    assert all(e.event_id == last for e in events)
+    apply(events, reference)
+    assert set(reference) == set(bm.resident_hashes())
+    for h, parent in pub.resident_blocks().items():
+        assert reference[h] == parent[1]
+
+
+async def test_publishes_in_order_from_engine_threads() -> None:
+    transport = ListTransport()
+    pub = KvEventPublisher("w1", transport)
+    pub.stored(None, [(1, 1)])  # recorded before start: still published
+    pub.start()
+
+    def engine_thread() -> None:
+        for i in range(500):
+            pub.stored(None, [(1000 + i, i)])
+
+    threads = [threading.Thread(target=engine_thread) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        await asyncio.to_thread(t.join)
+    await pub.flush()
+    await pub.stop()
+    assert [e.event_id for e in transport.events] == list(range(1001))
+
+
+async def test_transport_failure_does_not_stop_publishing() -> None:
+    class Flaky(ListTransport):
+        async def publish_kv_event(self, event: KvEvent) -> None:
+            if event.event_id == 1:
+                raise ConnectionError("nats down")
+            await super().publish_kv_event(event)
+
+    transport = Flaky()
+    pub = KvEventPublisher("w1", transport)
+    pub.start()
+    for i in range(3):
+        pub.stored(None, [(i, i)])
+    await pub.flush()
+    await pub.stop()
+    assert [e.event_id for e in transport.events] == [0, 2]
