@@ -13,16 +13,17 @@ incremental UTF-8 decode that holds back a character split across tokens.
 from __future__ import annotations
 
 import codecs
+import mmap
 import os
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from tandem.runtime.chat_template import ChatTemplate
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
-
-from tandem.runtime.chat_template import ChatTemplate
 
 # GGUF token types (llama.cpp): 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte.
 _TOKEN_TYPE_CONTROL = 3
@@ -33,7 +34,11 @@ _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_PRE_TOKENIZER_SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT}
+_PRE_TOKENIZER_SPLITS = {
+    "llama3": _LLAMA3_SPLIT,
+    "llama-v3": _LLAMA3_SPLIT,
+    "llama-bpe": _LLAMA3_SPLIT,
+}
 
 
 @lru_cache(maxsize=1)
@@ -67,52 +72,92 @@ class GgufTokenizerData:
     context_length: int | None
 
 
+# GGUF value types (gguf spec) -> struct format of one scalar; 8 is string, 9 array.
+_GGUF_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def read_gguf_metadata(path: str) -> dict[str, Any]:
+    """A GGUF file's key/value metadata (tensors are not read): strings, numbers and lists.
+
+    Own parser rather than `gguf.GGUFReader`, which builds numpy views for every
+    element and takes seconds on a 49k-token vocabulary.
+    """
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if buf[:4] != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        version, _num_tensors, num_kv = struct.unpack_from("<IQQ", buf, 4)
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} is not supported")
+        pos = 24
+
+        def string() -> str:
+            nonlocal pos
+            (length,) = struct.unpack_from("<Q", buf, pos)
+            pos += 8 + length
+            return buf[pos - length : pos].decode("utf-8", errors="replace")
+
+        def value(kind: int) -> Any:
+            nonlocal pos
+            if kind == _GGUF_STRING:
+                return string()
+            if kind == _GGUF_ARRAY:
+                item_kind, count = struct.unpack_from("<IQ", buf, pos)
+                pos += 12
+                fmt = _GGUF_SCALARS.get(item_kind)
+                if fmt is None:
+                    return [value(item_kind) for _ in range(count)]
+                size = struct.calcsize(fmt) * count
+                items = list(struct.unpack_from(f"<{count}{fmt}", buf, pos))
+                pos += size
+                return items
+            fmt = _GGUF_SCALARS[kind]
+            (item,) = struct.unpack_from("<" + fmt, buf, pos)
+            pos += struct.calcsize(fmt)
+            return item
+
+        metadata: dict[str, Any] = {}
+        for _ in range(num_kv):
+            key = string()
+            (kind,) = struct.unpack_from("<I", buf, pos)
+            pos += 4
+            metadata[key] = value(kind)
+        return metadata
+
+
 def read_gguf_tokenizer(path: str) -> GgufTokenizerData:
-    """Read the `tokenizer.*` metadata of a GGUF file (no tensor data is touched)."""
-    from gguf import GGUFReader, GGUFValueType  # heavy import, only when loading
-
-    reader = GGUFReader(path)
-    fields = reader.fields
-
-    def scalar(key: str) -> Any:
-        field = fields.get(key)
-        if field is None:
-            return None
-        if field.types and field.types[0] == GGUFValueType.STRING:
-            return bytes(field.parts[field.data[0]]).decode("utf-8")
-        return field.parts[field.data[0]].tolist()[0]
-
-    def strings(key: str) -> list[str]:
-        field = fields.get(key)
-        if field is None:
-            return []
-        parts = field.parts
-        return [bytes(parts[i]).decode("utf-8", errors="replace") for i in field.data]
-
-    def ints(key: str) -> list[int]:
-        field = fields.get(key)
-        if field is None:
-            return []
-        parts = field.parts
-        return [int(parts[i][0]) for i in field.data]
-
-    arch = scalar("general.architecture") or ""
-    add_bos = scalar("tokenizer.ggml.add_bos_token")
+    """The tokenizer metadata (`tokenizer.*`) of a GGUF file."""
+    meta = read_gguf_metadata(path)
+    arch = meta.get("general.architecture", "")
     return GgufTokenizerData(
-        model=scalar("tokenizer.ggml.model") or "",
-        pre=scalar("tokenizer.ggml.pre") or "",
-        tokens=strings("tokenizer.ggml.tokens"),
-        token_types=ints("tokenizer.ggml.token_type"),
-        merges=strings("tokenizer.ggml.merges"),
-        bos_token_id=scalar("tokenizer.ggml.bos_token_id"),
-        eos_token_id=scalar("tokenizer.ggml.eos_token_id"),
-        add_bos_token=bool(add_bos) if add_bos is not None else False,
-        chat_template=scalar("tokenizer.chat_template"),
-        context_length=scalar(f"{arch}.context_length"),
+        model=meta.get("tokenizer.ggml.model", ""),
+        pre=meta.get("tokenizer.ggml.pre", ""),
+        tokens=meta.get("tokenizer.ggml.tokens", []),
+        token_types=meta.get("tokenizer.ggml.token_type", []),
+        merges=meta.get("tokenizer.ggml.merges", []),
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+        add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        chat_template=meta.get("tokenizer.chat_template"),
+        context_length=meta.get(f"{arch}.context_length"),
     )
 
 
-def _byte_level_backend(data: GgufTokenizerData) -> tuple[BackendTokenizer, list[bytes], frozenset[int]]:
+def _byte_level_backend(
+    data: GgufTokenizerData,
+) -> tuple[BackendTokenizer, list[bytes], frozenset[int]]:
     spelling = bytes_to_unicode()
     alphabet = set(spelling.values())
     unspell = {ch: b for b, ch in spelling.items()}
@@ -130,8 +175,10 @@ def _byte_level_backend(data: GgufTokenizerData) -> tuple[BackendTokenizer, list
     split = _PRE_TOKENIZER_SPLITS.get(data.pre)
     if split is not None:
         backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(split), behavior="isolated"),
-             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
         )
     else:
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -179,7 +226,9 @@ class Tokenizer:
             token_bytes = [self._bytes_of(i) for i in range(self.vocab_size)]
         self._token_bytes = token_bytes
         # What a streamed token contributes to the text when special tokens are skipped.
-        self._visible_bytes = [b"" if i in self.special_ids else b for i, b in enumerate(token_bytes)]
+        self._visible_bytes = [
+            b"" if i in self.special_ids else b for i, b in enumerate(token_bytes)
+        ]
         bos = self.id_to_token(bos_token_id) if bos_token_id is not None else ""
         eos = self.id_to_token(self.eos_token_ids[0]) if self.eos_token_ids else ""
         self.chat_template = (
@@ -190,7 +239,9 @@ class Tokenizer:
     def from_gguf(cls, path: str, *, chat_template: str | None = None) -> Tokenizer:
         data = read_gguf_tokenizer(path)
         if data.model != "gpt2":
-            raise ValueError(f"{path}: tokenizer model {data.model!r} is not supported (only byte-level BPE 'gpt2')")
+            raise ValueError(
+                f"{path}: tokenizer model {data.model!r} is not supported (only 'gpt2' BPE)"
+            )
         backend, token_bytes, special_ids = _byte_level_backend(data)
         return cls(
             backend,
@@ -205,7 +256,7 @@ class Tokenizer:
 
     @classmethod
     def from_path(cls, path: str, *, chat_template: str | None = None) -> Tokenizer:
-        """A GGUF file, or an HF model directory holding tokenizer.json (+ tokenizer_config.json)."""
+        """A GGUF file, or an HF model directory with tokenizer.json (+ tokenizer_config.json)."""
         if os.path.isdir(path):
             return cls._from_hf_dir(path, chat_template)
         return cls.from_gguf(path, chat_template=chat_template)
@@ -264,14 +315,22 @@ class Tokenizer:
         return 0 <= token_id < len(self._token_bytes)
 
     def apply_chat_template(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **extra: Any
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        **extra: Any,
     ) -> str:
         if self.chat_template is None:
             raise ValueError("this model has no chat template")
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
+        return self.chat_template.render(
+            messages, add_generation_prompt=add_generation_prompt, **extra
+        )
 
     def detokenizer(self, *, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
-        return IncrementalDetokenizer(self._visible_bytes if skip_special_tokens else self._token_bytes)
+        return IncrementalDetokenizer(
+            self._visible_bytes if skip_special_tokens else self._token_bytes
+        )
 
     def _bytes_of(self, token_id: int) -> bytes:
         # Generic fallback (non byte-level models): what the decoder makes of the token alone.

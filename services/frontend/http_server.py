@@ -1,0 +1,341 @@
+"""The OpenAI HTTP API on aiohttp: routes, SSE streaming, and the one error -> status mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+from tandem.runtime.metrics import metrics_handler
+
+from .errors import (
+    FrontendError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    ModelNotFoundError,
+    NotFoundError,
+    RequestTooLargeError,
+)
+from .generation import GenerationJob, Generator, make_job
+from .json_fields import parse_json_body
+from .metrics import FrontendMetrics
+from .models import ModelRegistry, ServedModel
+from .openai_schema import ChatCompletionRequest, CompletionRequest
+from .responses import (
+    DONE,
+    ChatStream,
+    CompletionStream,
+    chat_completion,
+    chat_logprobs,
+    completion_logprobs,
+    error_event,
+    text_completion,
+)
+from .validation import parse_chat_request, parse_completion_request
+
+log = logging.getLogger(__name__)
+
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_MAX_BODY_BYTES = 64 * 1024 * 1024
+# W3C trace context: forwarded to the worker so one request is one trace.
+_TRACE_HEADERS = ("traceparent", "tracestate")
+# Prompts longer than this are tokenized off the event loop.
+_THREAD_TOKENIZE_CHARS = 16_384
+
+
+def error_response(exc: FrontendError) -> web.Response:
+    return web.json_response(exc.to_dict(), status=exc.status)
+
+
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every failure leaves as an OpenAI error object; nothing a client sends yields a 500."""
+    try:
+        return await handler(request)
+    except FrontendError as exc:
+        return error_response(exc)
+    except web.HTTPNotFound:
+        return error_response(NotFoundError(f"No route for {request.method} {request.path}."))
+    except web.HTTPMethodNotAllowed:
+        return error_response(
+            MethodNotAllowedError(f"Method {request.method} not allowed on {request.path}.")
+        )
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(
+            RequestTooLargeError(f"Request body exceeds {_MAX_BODY_BYTES} bytes.")
+        )
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(FrontendError("Internal server error."))
+
+
+class OpenAIServer:
+    """Owns the aiohttp application serving the OpenAI API, /health and /metrics."""
+
+    def __init__(
+        self, models: ModelRegistry, generator: Generator, metrics: FrontendMetrics
+    ) -> None:
+        self._models = models
+        self._generator = generator
+        self._metrics = metrics
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        app = web.Application(middlewares=[_errors_middleware], client_max_size=_MAX_BODY_BYTES)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", metrics_handler(metrics.registry))
+        app.router.add_get("/v1/models", self._list_models)
+        app.router.add_get("/v1/models/{model:.+}", self._get_model)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        self.app = app
+
+    async def start(self, host: str, port: int) -> None:
+        # handler_cancellation: a client that disconnects cancels its handler and worker stream.
+        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=2048, reuse_address=True)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- simple endpoints ------------------------------------------------------------
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        models = {m.name: len(m.workers) for m in self._models.known()}
+        return web.json_response({"status": "healthy", "models": models})
+
+    @staticmethod
+    def _model_object(model: ServedModel) -> dict[str, Any]:
+        return {
+            "id": model.name,
+            "object": "model",
+            "created": model.created,
+            "owned_by": "tandem",
+            "max_model_len": model.context_length,
+        }
+
+    async def _list_models(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [self._model_object(m) for m in self._models.served()]}
+        )
+
+    async def _get_model(self, request: web.Request) -> web.Response:
+        model = self._models.get(request.match_info["model"])
+        if model is None:
+            raise ModelNotFoundError(
+                f"The model '{request.match_info['model']}' does not exist.", param="model"
+            )
+        return web.json_response(self._model_object(model))
+
+    # -- generation ----------------------------------------------------------------------
+
+    def _model(self, name: str) -> ServedModel:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFoundError(f"The model '{name}' does not exist.", param="model")
+        return model
+
+    async def _encode(self, model: ServedModel, text: str) -> list[int]:
+        if len(text) > _THREAD_TOKENIZE_CHARS:
+            return await asyncio.to_thread(model.tokenizer.encode, text)
+        return model.tokenizer.encode(text)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "chat")
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "completions")
+
+    async def _handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        model_label = ""
+        status = "error"
+        try:
+            body = parse_json_body(await request.read())
+            parsed: ChatCompletionRequest | CompletionRequest
+            if endpoint == "chat":
+                parsed = parse_chat_request(body)
+            else:
+                parsed = parse_completion_request(body)
+            model = self._model(parsed.model)
+            model_label = model.name
+            job = await self._make_job(request, model, parsed)
+            self._metrics.inflight.labels(model_label).inc()
+            try:
+                if parsed.stream:
+                    response = await self._stream(request, job, parsed)
+                else:
+                    response = await self._unary(job, parsed)
+                status = "success"
+                return response
+            finally:
+                self._metrics.inflight.labels(model_label).dec()
+                self._generator.record(job)
+        except asyncio.CancelledError:
+            status = "cancelled"
+            if model_label:
+                self._metrics.disconnects.labels(model_label).inc()
+            raise
+        except FrontendError as exc:
+            status = str(exc.status)
+            raise
+        finally:
+            self._metrics.requests.labels(endpoint, model_label, status).inc()
+
+    async def _make_job(
+        self,
+        request: web.Request,
+        model: ServedModel,
+        parsed: ChatCompletionRequest | CompletionRequest,
+    ) -> GenerationJob:
+        tokenizer = model.tokenizer
+        if isinstance(parsed, ChatCompletionRequest):
+            messages = [{"role": m.role, "content": m.content} for m in parsed.messages]
+            try:
+                text = tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=parsed.add_generation_prompt
+                )
+            except ValueError as exc:  # ChatTemplateError: the template refused the conversation
+                raise InvalidRequestError(str(exc), param="messages") from None
+            prompt_ids = await self._encode(model, text)
+        elif isinstance(parsed.prompt, str):
+            prompt_ids = await self._encode(model, parsed.prompt)
+        else:
+            prompt_ids = list(parsed.prompt)
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        job = make_job(request_id, model, prompt_ids, parsed.sampling)
+        headers = request.headers
+        if "traceparent" in headers:
+            job.trace_metadata = tuple(
+                (name, headers[name]) for name in _TRACE_HEADERS if name in headers
+            )
+        return job
+
+    async def _unary(
+        self, job: GenerationJob, parsed: ChatCompletionRequest | CompletionRequest
+    ) -> web.Response:
+        texts: list[str] = []
+        logprobs: list[Any] = []
+        finish_reason = "stop"
+        async with contextlib.aclosing(self._generator.stream(job)) as outputs:
+            async for out in outputs:
+                texts.extend(out.texts)
+                if out.logprobs:
+                    logprobs.extend(out.logprobs)
+                if out.finish_reason is not None:
+                    finish_reason = out.finish_reason
+        usage = self._generator.usage_of(job)
+        text = "".join(texts)
+        created = int(time.time())
+        tokenizer = job.model.tokenizer
+        if isinstance(parsed, ChatCompletionRequest):
+            lp = chat_logprobs(tokenizer, logprobs) if job.sampling.logprobs else None
+            body = chat_completion(
+                f"chatcmpl-{job.request_id}",
+                job.model.name,
+                created,
+                text,
+                finish_reason,
+                usage,
+                lp,
+            )
+        else:
+            prefix = (
+                tokenizer.decode(job.prompt_ids)
+                if parsed.echo and not isinstance(parsed.prompt, str)
+                else ""
+            )
+            prefix = parsed.prompt if parsed.echo and isinstance(parsed.prompt, str) else prefix
+            lp = (
+                completion_logprobs(tokenizer, logprobs, len(prefix), texts)
+                if job.sampling.logprobs
+                else None
+            )
+            body = text_completion(
+                f"cmpl-{job.request_id}",
+                job.model.name,
+                created,
+                prefix + text,
+                finish_reason,
+                usage,
+                lp,
+            )
+        return web.json_response(body)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        job: GenerationJob,
+        parsed: ChatCompletionRequest | CompletionRequest,
+    ) -> web.StreamResponse:
+        renderer: ChatStream | CompletionStream
+        if isinstance(parsed, ChatCompletionRequest):
+            renderer = ChatStream(f"chatcmpl-{job.request_id}", job.model.name, job.model.tokenizer)
+        else:
+            renderer = CompletionStream(
+                f"cmpl-{job.request_id}", job.model.name, job.model.tokenizer
+            )
+        outputs = self._generator.stream(job)
+        # Wait for the first output before committing to 200, so "no worker" is a real 503.
+        async with contextlib.aclosing(outputs):
+            first = await anext(outputs, None)
+            response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+            await response.prepare(request)
+            _set_nodelay(request)
+            head = renderer.first()
+            if (
+                isinstance(parsed, CompletionRequest)
+                and isinstance(renderer, CompletionStream)
+                and parsed.echo
+            ):
+                head += renderer.text(
+                    parsed.prompt
+                    if isinstance(parsed.prompt, str)
+                    else job.model.tokenizer.decode(job.prompt_ids)
+                )
+            try:
+                data = head
+                out = first
+                while out is not None:
+                    data += renderer.step(out)
+                    if out.finish_reason is not None:
+                        break  # the last tokens, usage and [DONE] go out in one write
+                    await response.write(data)
+                    data = b""
+                    out = await anext(outputs, None)
+                if parsed.stream_options.include_usage:
+                    data += renderer.usage(self._generator.usage_of(job))
+                await response.write(data + DONE)
+            except FrontendError as exc:
+                # Headers are sent: the error travels as an event, as OpenAI does mid-stream.
+                log.warning("stream failed: %s", exc.message, extra={"request_id": job.request_id})
+                await response.write(error_event(exc.to_dict()) + DONE)
+            except ConnectionResetError:
+                # The client went away between writes; closing `outputs` cancels the worker stream.
+                self._metrics.disconnects.labels(job.model.name).inc()
+        return response
+
+
+def _set_nodelay(request: web.Request) -> None:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,197 @@
+"""The models this frontend serves: model cards from etcd, tokenizers, and a router per model.
+
+A model appears when the first worker serving it registers (its card is read
+from `tandem/{ns}/models/{model}`, its tokenizer loaded off the event loop)
+or at start when configured with --model-name/--model-path. Each model has a
+live worker view (`InstanceSet`) and its own router over it, so workers that
+join or leave are used or dropped without a restart. A model whose workers
+all left stays known (requests get 503, not 404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from tandem.router.api import BaseRouter
+from tandem.router.policies import make_router
+from tandem.runtime.discovery import Discovery, InstanceInfo, InstanceSet
+from tandem.runtime.messaging import Messaging
+from tandem.runtime.model_card import ModelCard, default_model_path
+from tandem.runtime.tokenizer import Tokenizer
+
+from .config import FrontendConfig
+
+log = logging.getLogger(__name__)
+
+_CARD_RETRY_SECONDS = 0.25
+_CARD_WAIT_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class ServedModel:
+    """One model: its card, tokenizer, live workers and router."""
+
+    name: str
+    card: ModelCard
+    tokenizer: Tokenizer
+    workers: InstanceSet
+    router: BaseRouter
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def context_length(self) -> int:
+        return self.card.context_length or self.tokenizer.context_length or 0
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        return self.card.eos_token_ids or self.tokenizer.eos_token_ids
+
+
+def local_model_path(path: str) -> str:
+    """`path` from a worker's card as this machine sees it.
+
+    The bundled GGUF lives in site-packages, whose location differs between a
+    worker's image and ours: a card naming a missing copy of it means ours.
+    """
+    default = default_model_path()
+    if (
+        path
+        and not os.path.exists(path)
+        and default
+        and os.path.basename(path) == os.path.basename(default)
+    ):
+        return default
+    return path or default
+
+
+class ModelRegistry:
+    """Owns the served models, their worker views and routers; follows workers in etcd."""
+
+    def __init__(
+        self,
+        config: FrontendConfig,
+        discovery: Discovery,
+        messaging: Messaging | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+        on_worker_removed: Callable[[InstanceInfo], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._discovery = discovery
+        self._messaging = messaging
+        self._metrics_registry = metrics_registry
+        self._on_worker_removed = on_worker_removed
+        self._models: dict[str, ServedModel] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        self._tokenizers: dict[tuple[str, str | None], Tokenizer] = {}
+        self._all_workers: InstanceSet | None = None
+
+    def get(self, name: str) -> ServedModel | None:
+        return self._models.get(name)
+
+    def known(self) -> list[ServedModel]:
+        """Every model seen so far, with or without live workers."""
+        return list(self._models.values())
+
+    def served(self) -> list[ServedModel]:
+        """Models with at least one live worker (or configured explicitly)."""
+        static = self._config.model_name
+        return [m for m in self._models.values() if len(m.workers) or m.name == static]
+
+    async def start(self) -> None:
+        if self._config.model_name and self._config.model_path:
+            card = ModelCard(
+                name=self._config.model_name,
+                model_path=self._config.model_path,
+                context_length=self._config.context_length,
+                block_size=self._config.kv_cache_block_size,
+            )
+            await self._add_model(card)
+        self._all_workers = self._discovery.instance_set("worker")
+        self._all_workers.on_change(self._on_worker_change)
+        await self._all_workers.start()
+        for info in self._all_workers:
+            self._on_worker_change("added", info)
+
+    async def stop(self) -> None:
+        for task in self._loading.values():
+            task.cancel()
+        for task in self._loading.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for model in self._models.values():
+            await model.router.stop()
+            await model.workers.close()
+        if self._all_workers is not None:
+            await self._all_workers.close()
+
+    def _on_worker_change(self, kind: str, info: InstanceInfo) -> None:
+        if kind == "removed":
+            if self._on_worker_removed is not None:
+                self._on_worker_removed(info)
+            return
+        name = info.model
+        if not name or name in self._models or name in self._loading:
+            return
+        self._loading[name] = asyncio.create_task(self._load_model(name), name=f"load-model {name}")
+
+    async def _load_model(self, name: str) -> None:
+        try:
+            deadline = time.monotonic() + _CARD_WAIT_SECONDS
+            raw = await self._discovery.get_model_card(name)
+            # A worker may register its instance a moment before its card.
+            while raw is None and time.monotonic() < deadline:
+                await asyncio.sleep(_CARD_RETRY_SECONDS)
+                raw = await self._discovery.get_model_card(name)
+            if raw is None:
+                log.warning("workers serve model %s but it has no model card; not serving it", name)
+                return
+            await self._add_model(ModelCard.from_dict(raw))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not load model %s", name)
+        finally:
+            self._loading.pop(name, None)
+
+    async def _add_model(self, card: ModelCard) -> None:
+        path = local_model_path(card.model_path)
+        key = (path, card.chat_template)
+        tokenizer = self._tokenizers.get(key)
+        if tokenizer is None:
+            started = time.monotonic()
+            tokenizer = await asyncio.to_thread(
+                Tokenizer.from_path, path, chat_template=card.chat_template
+            )
+            self._tokenizers[key] = tokenizer
+            log.info(
+                "tokenizer for %s loaded from %s in %.2fs",
+                card.name,
+                path,
+                time.monotonic() - started,
+            )
+        workers = self._discovery.instance_set("worker", model=card.name)
+        await workers.start()
+        # Router metrics have fixed names: only the first model's router may register them.
+        router: BaseRouter
+        if self._config.router_url:
+            from tandem.router.remote import RemoteRouter
+
+            router = RemoteRouter(self._config.router_url, model=card.name)
+        else:
+            registry = self._metrics_registry if not self._models else None
+            router = make_router(self._config, workers, self._messaging, self._discovery, registry)
+        await router.start()
+        self._models[card.name] = ServedModel(card.name, card, tokenizer, workers, router)
+        log.info(
+            "serving model %s (%d workers, router %s)",
+            card.name,
+            len(workers),
+            self._config.router_mode,
+        )
