@@ -10,7 +10,9 @@ vLLM/SGLang KV events use, so indexes fed by either agree.
 
 from __future__ import annotations
 
+import array
 import struct
+import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -20,6 +22,18 @@ import xxhash
 BLOCK_HASH_SEED = 1337
 _PAIR = struct.Struct("<QQ")
 _xxh3 = xxhash.xxh3_64_intdigest
+_SWAP = sys.byteorder != "little"
+assert array.array("I").itemsize == 4, "block hashing needs a 4-byte unsigned int"
+
+
+def _pack_u32(token_ids: Sequence[int]) -> bytes:
+    """Token ids as little-endian u32 bytes; array.array is ~3x faster than numpy for lists."""
+    if isinstance(token_ids, np.ndarray):
+        return np.asarray(token_ids, dtype="<u4").tobytes()
+    packed = array.array("I", token_ids)
+    if _SWAP:
+        packed.byteswap()
+    return packed.tobytes()
 
 
 class BlockHashes(NamedTuple):
@@ -57,7 +71,7 @@ def hash_blocks(
     num_full = len(token_ids) // block_size
     if num_full == 0:
         return BlockHashes([], [])
-    packed = np.asarray(token_ids[: num_full * block_size], dtype="<u4").tobytes()
+    packed = _pack_u32(token_ids[: num_full * block_size])
     stride = block_size * 4
     local = [_xxh3(packed[i * stride : (i + 1) * stride], seed) for i in range(num_full)]
     sequence: list[int] = []

@@ -1,0 +1,242 @@
+"""Benchmark: KV index throughput and routing-decision latency (not a test).
+
+100 workers, 1,000,000 resident (worker, block) entries built from KV events
+(BlocksStored runs of 16 blocks, as a prefill produces them), then the steady
+state of full caches (each new block evicts one: 1-block Removed + Stored),
+then routing decisions for 4,000-token prompts that share prefixes with what
+the workers hold. Events are timed from their serialized
+protobuf bytes (parse + order check + index update), decisions end to end
+through KvRouter.route (hash the prompt, walk the index, score 100 workers,
+count the load).
+
+    python bench/router_index.py [--workers 100] [--blocks 1000000] [--decisions 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import time
+
+from tandem.router.config import RoutingConfig
+from tandem.router.kv_router import KvRouter
+from tandem.runtime.block_hash import sequence_hashes
+from tandem.runtime.discovery import ChangeCallback, InstanceInfo
+from tandem.runtime.wire.kv_events_pb2 import KvEvent, StoredBlock
+
+BLOCK_SIZE = 16
+PROMPT_TOKENS = 4000
+EVENT_BLOCKS = 16
+
+
+class StaticWorkers:
+    def __init__(self, ids: list[str]) -> None:
+        self._instances = {
+            i: InstanceInfo(i, "worker", f"{i}:1", total_blocks=1 << 20) for i in ids
+        }
+
+    @property
+    def instances(self) -> dict[str, InstanceInfo]:
+        return self._instances
+
+    def on_change(self, callback: ChangeCallback) -> None:
+        pass
+
+
+def build_events(
+    rng: random.Random, workers: list[str], docs: list[list[int]], target_entries: int
+) -> tuple[list[bytes], dict[str, list[list[int]]]]:
+    """Serialized BlocksStored events filling the workers with document prefixes."""
+    events: list[bytes] = []
+    held: dict[str, list[list[int]]] = {w: [] for w in workers}
+    next_id = dict.fromkeys(workers, 0)
+    per_worker = target_entries // len(workers)
+    for w in workers:
+        count = 0
+        for doc in rng.sample(docs, len(docs)):
+            if count >= per_worker:
+                break
+            n = min(rng.randrange(len(doc) // 2, len(doc) + 1), per_worker - count)
+            prefix = doc[:n]
+            held[w].append(prefix)
+            count += n
+            for start in range(0, n, EVENT_BLOCKS):
+                ev = KvEvent(instance_id=w, event_id=next_id[w])
+                next_id[w] += 1
+                if start:
+                    ev.stored.parent_hash = prefix[start - 1]
+                ev.stored.tier = "hbm"
+                ev.stored.blocks.extend(
+                    StoredBlock(block_hash=h, local_hash=h)
+                    for h in prefix[start : start + EVENT_BLOCKS]
+                )
+                events.append(ev.SerializeToString())
+    return events, held
+
+
+def churn_events(
+    rng: random.Random, held: dict[str, list[list[int]]], first_ids: dict[str, int], n: int
+) -> list[bytes]:
+    """A full cache's steady state, as the workers' block manager reports it: every newly
+    filled block evicts one LRU block (BlocksRemoved of 1 block, BlocksStored of 1 block)."""
+    out = []
+    workers = list(held)
+    next_id = dict(first_ids)
+    for _ in range(n // 2):
+        w = rng.choice(workers)
+        chain = rng.choice(held[w])
+        tail = chain[-1:]
+        rm = KvEvent(instance_id=w, event_id=next_id[w])
+        rm.removed.block_hashes.extend(tail)
+        rm.removed.tier = "hbm"
+        st = KvEvent(instance_id=w, event_id=next_id[w] + 1)
+        st.stored.tier = "hbm"
+        st.stored.blocks.extend(StoredBlock(block_hash=h, local_hash=h) for h in tail)
+        next_id[w] += 2
+        out += [rm.SerializeToString(), st.SerializeToString()]
+    return out
+
+
+def apply(router: KvRouter, raw_events: list[bytes]) -> float:
+    follower = router.follower
+    assert follower is not None
+    event = KvEvent()
+    started = time.perf_counter()
+    for raw in raw_events:
+        event.ParseFromString(raw)
+        follower.handle(event)
+    return time.perf_counter() - started
+
+
+async def run(args: argparse.Namespace) -> None:
+    rng = random.Random(0)
+    workers = [f"worker-{i:03d}" for i in range(args.workers)]
+    router = KvRouter(RoutingConfig(), StaticWorkers(workers), rng=random.Random(1))
+    doc_tokens = [[rng.randrange(32000) for _ in range(PROMPT_TOKENS)] for _ in range(args.docs)]
+    docs = [sequence_hashes(t, BLOCK_SIZE) for t in doc_tokens]
+
+    events, held = build_events(rng, workers, docs, args.blocks)
+    fill_s = apply(router, events)
+    first_ids = {w: router.follower.last_event_id(w) + 1 for w in workers}  # type: ignore[union-attr,operator]
+    churn = churn_events(rng, held, first_ids, args.churn)
+    churn_s = apply(router, churn)
+
+    print(
+        f"index: {args.workers} workers, "
+        f"{router.index.num_entries:,} resident (worker, block) entries, "
+        f"{router.index.num_blocks:,} distinct blocks"
+    )
+    print()
+    print(f"{'phase':<32}{'events':>10}{'blocks/event':>14}{'seconds':>10}{'events/s':>14}")
+    for name, evs, secs, bpe in (
+        ("fill (BlocksStored)", events, fill_s, EVENT_BLOCKS),
+        ("steady churn (Removed/Stored)", churn, churn_s, 1),
+    ):
+        print(f"{name:<32}{len(evs):>10,}{bpe:>14}{secs:>10.2f}{len(evs) / secs:>14,.0f}")
+    if args.replay_events:
+        await replay_rate(args.replay_events)
+
+    # Routing decisions: 4,000-token prompts = a document's first 3,000-4,000 tokens + a fresh tail.
+    prompts = []
+    for _ in range(512):
+        toks = rng.choice(doc_tokens)
+        keep = rng.randrange(3000, PROMPT_TOKENS + 1)
+        prompts.append(toks[:keep] + [rng.randrange(32000) for _ in range(PROMPT_TOKENS - keep)])
+    latencies = []
+    overlap = 0
+    active: list[str] = []
+    for i in range(args.warmup + args.decisions):
+        rid = f"r{i}"
+        t0 = time.perf_counter()
+        result = await router.route(rid, prompts[i % len(prompts)])
+        dt = time.perf_counter() - t0
+        active.append(rid)
+        if len(active) > 256:  # keep ~256 requests in flight, as on a busy cluster
+            router.free(active.pop(0))
+        if i >= args.warmup:
+            latencies.append(dt)
+            overlap += result.overlap_blocks
+    latencies.sort()
+    total = sum(latencies)
+    p = lambda q: latencies[min(int(q * len(latencies)), len(latencies) - 1)] * 1e6  # noqa: E731
+    print()
+    print(
+        f"{'routing decisions (4,000-token prompt)':<40}{'count':>8}{'decisions/s':>13}"
+        f"{'p50 us':>9}{'p99 us':>9}{'max us':>9}{'mean overlap':>14}"
+    )
+    print(
+        f"{'KvRouter.route, 100 workers':<40}{len(latencies):>8}{len(latencies) / total:>13,.0f}"
+        f"{p(0.5):>9.0f}{p(0.99):>9.0f}{latencies[-1] * 1e6:>9.0f}"
+        f"{overlap / len(latencies):>11.1f}/{PROMPT_TOKENS // BLOCK_SIZE}"
+    )
+    hash_times = []
+    for i in range(1000):
+        t0 = time.perf_counter()
+        sequence_hashes(prompts[i % len(prompts)], BLOCK_SIZE)
+        hash_times.append(time.perf_counter() - t0)
+    print(
+        "  of which hashing the prompt (block_hash.sequence_hashes): "
+        f"mean {statistics.mean(hash_times) * 1e6:.0f} us"
+    )
+
+
+async def replay_rate(num_events: int) -> None:
+    """A late router's rebuild: replay `num_events` 4-block events from a real JetStream."""
+    import tempfile
+    from pathlib import Path
+
+    from tandem.router.kv_event_follower import KvEventFollower
+    from tandem.router.radix_index import RadixIndex
+    from tandem.runtime.local_infra import InfraError, LocalInfra
+    from tandem.runtime.messaging import Messaging
+
+    try:
+        infra = LocalInfra.start(Path(tempfile.mkdtemp(prefix="router-bench-")))
+    except InfraError as exc:
+        print(f"(JetStream replay skipped: {exc})")
+        return
+    rng = random.Random(2)
+    try:
+        messaging = Messaging(infra.nats_url, "bench")
+        await messaging.connect()
+        await messaging.ensure_kv_stream()
+        for i in range(num_events):
+            ev = KvEvent(instance_id=f"w{i % 100}", event_id=i // 100)
+            ev.stored.blocks.extend(
+                StoredBlock(block_hash=rng.getrandbits(63), local_hash=0) for _ in range(4)
+            )
+            await messaging.nc.publish(f"tandem.bench.kv.w{i % 100}", ev.SerializeToString())
+        await messaging.nc.flush()
+        follower = KvEventFollower(RadixIndex(), endpoint_of=lambda w: None)
+        follower.replay_max_events = num_events
+        t0 = time.perf_counter()
+        await follower.start(messaging, wait_seconds=600)
+        secs = time.perf_counter() - t0
+        await follower.stop()
+        await messaging.close()
+        print(
+            f"{'late-router replay from JetStream':<32}{follower.num_applied:>10,}{4:>14}"
+            f"{secs:>10.2f}{follower.num_applied / secs:>14,.0f}"
+        )
+    finally:
+        infra.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=100)
+    parser.add_argument("--blocks", type=int, default=1_000_000)
+    parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--churn", type=int, default=200_000)
+    parser.add_argument("--decisions", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument(
+        "--replay-events", type=int, default=100_000, help="JetStream replay size (0 = skip)"
+    )
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

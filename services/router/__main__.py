@@ -1,0 +1,99 @@
+"""`python -m tandem.router` / `tandem router`: the standalone KV-aware Router gRPC service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+
+import grpc
+from tandem.runtime.config import parse_config
+from tandem.runtime.discovery import Discovery, InstanceInfo
+from tandem.runtime.logs import setup_logging
+from tandem.runtime.messaging import Messaging
+from tandem.runtime.metrics import serve_metrics
+from tandem.runtime.wire import router_pb2_grpc
+
+from .config import RouterConfig
+from .metrics import RouterMetrics
+from .model_routers import ModelRouters
+from .service import RouterService
+
+log = logging.getLogger("tandem.router")
+COMPONENT = "router"
+
+
+def _advertised_host(host: str) -> str:
+    return socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+
+
+async def serve(config: RouterConfig, stop: asyncio.Event) -> None:
+    instance_id = f"router-{uuid.uuid4().hex[:8]}"
+    messaging = Messaging(config.nats, config.namespace, name=instance_id)
+    discovery = Discovery(config.etcd, config.namespace)
+    await messaging.connect()
+    await discovery.start()
+    metrics = RouterMetrics()
+    routers = ModelRouters(config, discovery, messaging, metrics, model=config.model)
+    await routers.start()
+
+    server = grpc.aio.server()
+    router_pb2_grpc.add_RouterServicer_to_server(RouterService(routers), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    await server.start()
+    http = (
+        await serve_metrics(metrics.registry, config.host, config.metrics_port)
+        if config.metrics_port
+        else None
+    )
+    endpoint = f"{_advertised_host(config.host)}:{port}"
+    await discovery.register_instance(
+        InstanceInfo(instance_id, COMPONENT, endpoint, model=config.model, started_at=time.time())
+    )
+    log.info(
+        "router ready instance_id=%s endpoint=%s mode=%s models=%d",
+        instance_id,
+        endpoint,
+        config.router_mode,
+        len(routers.routers()),
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("router stopping")
+        await discovery.close()
+        await server.stop(2)
+        await routers.close()
+        if http is not None:
+            await http.cleanup()
+        await messaging.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(RouterConfig, argv, prog="tandem router")
+    setup_logging(config.log_level, component=COMPONENT)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(run())
+        else:
+            uvloop.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

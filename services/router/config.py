@@ -1,0 +1,66 @@
+"""Router settings: `RoutingConfig` (what any embedder of the routing library sets) and
+`RouterConfig` (the standalone service: routing + runtime + listen addresses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tandem.runtime.config import RuntimeConfig, option
+
+RouterMode = Literal["kv", "round-robin", "random"]
+ROUTER_MODES: tuple[str, ...] = ("kv", "round-robin", "random")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutingConfig:
+    """How workers are picked. The frontend embeds these fields in its own config."""
+
+    router_mode: str = option("kv", "Worker selection policy.", choices=ROUTER_MODES)
+    kv_overlap_score_weight: float = option(
+        1.0, "Weight of the prefill term (blocks still to compute) against the decode term."
+    )
+    router_temperature: float = option(
+        0.0, "0: cheapest worker; >0: sample from softmax over normalised negative costs."
+    )
+    kv_cache_block_size: int = option(16, "Tokens per KV block (must match the workers').")
+    busy_threshold: float = option(
+        0.95, "KV usage fraction above which a worker gets no new requests while others have room."
+    )
+    max_queue: int = option(1024, "Requests that may wait when every worker is busy; beyond: 503.")
+    queue_timeout: float = option(30.0, "Seconds a request waits for a non-busy worker before 503.")
+    kv_events: bool = option(
+        True, "Follow workers' KV events; --no-kv-events predicts caches from routing decisions."
+    )
+    approx_ttl: float = option(
+        120.0, "With --no-kv-events: seconds a routed prefix counts as cached."
+    )
+    router_replica_sync: bool = option(
+        True, "Share active-load updates with other router replicas over NATS."
+    )
+
+    def __post_init__(self) -> None:
+        if self.router_mode not in ROUTER_MODES:
+            raise ValueError(f"router_mode must be one of {ROUTER_MODES}, got {self.router_mode!r}")
+        if self.kv_cache_block_size <= 0:
+            raise ValueError("kv_cache_block_size must be positive")
+        if self.router_temperature < 0:
+            raise ValueError("router_temperature must be >= 0")
+        if self.kv_overlap_score_weight < 0:
+            raise ValueError("kv_overlap_score_weight must be >= 0")
+        if self.max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        if self.busy_threshold <= 0:
+            raise ValueError("busy_threshold must be > 0 (above 1: never busy)")
+        if self.queue_timeout <= 0 or self.approx_ttl <= 0:
+            raise ValueError("queue_timeout and approx_ttl must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterConfig(RuntimeConfig, RoutingConfig):
+    """The standalone router service (`tandem router`)."""
+
+    model: str = option("", "Route only to workers serving this model ('' = any).")
+    host: str = option("0.0.0.0", "Address the gRPC Router service listens on.")
+    port: int = option(7100, "gRPC port of the Router service (0 = pick a free one).")
+    metrics_port: int = option(0, "Port of /metrics and /health (0 = none).")

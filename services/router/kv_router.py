@@ -1,0 +1,272 @@
+"""The `kv` policy: route to the worker where serving the request costs least.
+
+Wires the parts together: RadixIndex (fed by KvEventFollower, or by the
+router's own decisions through ApproxIndex with --no-kv-events),
+ActiveLoadManager (corrected by LoadMetrics, shared with replicas through
+LoadSharing), the cost model, the busy threshold and its wait queue.
+route() hashes the prompt once and never blocks on I/O unless every worker
+is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
+
+from tandem.runtime.block_hash import sequence_hashes
+from tandem.runtime.discovery import ChangeKind, InstanceInfo
+from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
+from tandem.runtime.wire.router_pb2 import ActiveLoadUpdate
+
+from . import cost_model
+from .active_load import ActiveLoadManager
+from .api import BaseRouter, RouterBusyError, RouteResult
+from .approx_index import ApproxIndex
+from .config import RoutingConfig
+from .kv_event_follower import KvEventFollower
+from .load_sharing import LoadSharing
+from .metrics import RouterMetrics
+from .policies import WorkerView, candidates
+from .radix_index import RadixIndex
+
+if TYPE_CHECKING:
+    from nats.aio.subscription import Subscription
+    from prometheus_client import CollectorRegistry
+    from tandem.runtime.messaging import Messaging
+
+log = logging.getLogger(__name__)
+Kind = ActiveLoadUpdate.Kind
+
+
+class KvRouter(BaseRouter):
+    """Owns the KV index, the active-load counts and the wait queue of one router replica."""
+
+    def __init__(
+        self,
+        config: RoutingConfig,
+        workers: WorkerView,
+        *,
+        messaging: Messaging | None = None,
+        registry: CollectorRegistry | None = None,
+        metrics: RouterMetrics | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        router_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.block_size = config.kv_cache_block_size
+        self.index = RadixIndex()
+        self.load = ActiveLoadManager(clock)
+        self.load.on_release = self._wake_waiters
+        self.metrics = metrics if metrics is not None else RouterMetrics(registry)
+        self._workers = workers
+        self._messaging = messaging
+        self._rng = rng or random.Random()
+        self.approx: ApproxIndex | None = None
+        self.follower: KvEventFollower | None = None
+        if config.kv_events:
+            self.follower = KvEventFollower(
+                self.index,
+                endpoint_of=self._endpoint_of,
+                is_member=lambda worker: worker in self._workers.instances,
+            )
+        else:
+            self.approx = ApproxIndex(self.index, config.approx_ttl, clock)
+        self.metrics.bind(self.index, self.follower)
+        self.sharing: LoadSharing | None = None
+        if messaging is not None and config.router_replica_sync:
+            self.sharing = LoadSharing(messaging, self.load, router_id)
+        self._load_subscription: Subscription | None = None
+        self._num_waiting = 0
+        self._released = asyncio.Event()
+        self._started = False
+        workers.on_change(self._on_worker_change)
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self._messaging is None:
+            return
+        if self.sharing is not None:
+            await self.sharing.start()
+        self._load_subscription = await self._messaging.subscribe_load(self._on_load)
+        if self.follower is not None:
+            await self.follower.start(self._messaging, list(self._workers.instances))
+            self.follower.drop_unknown_workers(set(self._workers.instances))
+
+    async def stop(self) -> None:
+        if self._load_subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._load_subscription.unsubscribe()
+            self._load_subscription = None
+        if self.follower is not None:
+            await self.follower.stop()
+        if self.sharing is not None:
+            await self.sharing.stop()
+        self._started = False
+
+    # -- routing ----------------------------------------------------------------
+
+    async def route(
+        self,
+        request_id: str,
+        token_ids: list[int],
+        *,
+        exclude: Collection[str] = (),
+        max_tokens: int = 0,
+    ) -> RouteResult:
+        started = time.perf_counter()
+        if self.load.get(request_id) is not None:
+            self.free(request_id)  # routed again without a free (a retry): count it once
+        hashes = sequence_hashes(token_ids, self.block_size)
+        request_blocks = -(-len(token_ids) // self.block_size)
+        if self.approx is not None:
+            self.approx.expire()
+        overlaps = self.index.overlaps(hashes)
+        chosen = self._choose(overlaps, len(hashes), request_blocks, exclude)
+        if chosen is None:
+            chosen = await self._wait_for_room(hashes, request_blocks, exclude)
+            started = time.perf_counter()
+        info, overlap = chosen
+        prefill_tokens = max(len(token_ids) - overlap * self.block_size, 0)
+        if (
+            self.load.add(request_id, info.instance_id, prefill_tokens, request_blocks)
+            and self.sharing
+        ):
+            self.sharing.publish(
+                Kind.KIND_ADD, request_id, info.instance_id, prefill_tokens, request_blocks
+            )
+        if self.approx is not None:
+            self.approx.insert(info.instance_id, hashes)
+        self.metrics.observe_decision(
+            info.instance_id, overlap, len(hashes), time.perf_counter() - started
+        )
+        return RouteResult(info.instance_id, info.endpoint, overlap, len(hashes))
+
+    def _choose(
+        self,
+        overlaps: dict[str, int],
+        prompt_blocks: int,
+        request_blocks: int,
+        exclude: Collection[str],
+    ) -> tuple[InstanceInfo, int] | None:
+        """The best worker below the busy threshold and its overlap, or None when all are busy."""
+        instances = self._workers.instances
+        ids = [iid for iid in instances if iid not in exclude] if exclude else list(instances)
+        if not ids:
+            candidates(self._workers, exclude)  # raises NoWorkersError with the reason
+        prefills, decodes, used = self.load.loads(ids)
+        threshold = self.config.busy_threshold
+        keep = []
+        for i, iid in enumerate(ids):
+            total = instances[iid].total_blocks or self.load.total_blocks(iid)
+            if total <= 0 or used[i] <= threshold * total:
+                keep.append(i)
+        if not keep:
+            return None
+        if len(keep) < len(ids):
+            ids = [ids[i] for i in keep]
+            prefills = [prefills[i] for i in keep]
+            decodes = [decodes[i] for i in keep]
+        ov = [overlaps.get(iid, 0) for iid in ids] if overlaps else [0] * len(ids)
+        cost = cost_model.costs(
+            ov,
+            prefills,
+            decodes,
+            prompt_blocks,
+            request_blocks,
+            self.block_size,
+            self.config.kv_overlap_score_weight,
+        )
+        best = cost_model.pick(cost, decodes, self.config.router_temperature, self._rng)
+        return instances[ids[best]], ov[best]
+
+    async def _wait_for_room(
+        self, hashes: list[int], request_blocks: int, exclude: Collection[str]
+    ) -> tuple[InstanceInfo, int]:
+        if self._num_waiting >= self.config.max_queue:
+            self.metrics.rejected.inc()
+            raise RouterBusyError(
+                f"every worker is busy and {self._num_waiting} requests are queued"
+            )
+        self._num_waiting += 1
+        self.metrics.queued.set(self._num_waiting)
+        waited_from = time.monotonic()
+        try:
+            async with asyncio.timeout(self.config.queue_timeout):
+                while True:
+                    self._released.clear()
+                    chosen = self._choose(
+                        self.index.overlaps(hashes), len(hashes), request_blocks, exclude
+                    )
+                    if chosen is not None:
+                        return chosen
+                    await self._released.wait()
+        except TimeoutError:
+            self.metrics.rejected.inc()
+            raise RouterBusyError(
+                f"no worker below the busy threshold within {self.config.queue_timeout}s"
+            ) from None
+        finally:
+            self._num_waiting -= 1
+            self.metrics.queued.set(self._num_waiting)
+            self.metrics.queue_wait_seconds.observe(time.monotonic() - waited_from)
+
+    def _wake_waiters(self) -> None:
+        if self._num_waiting:
+            self._released.set()
+
+    # -- request lifecycle ----------------------------------------------------------
+
+    def prefill_done(self, request_id: str) -> None:
+        req = self.load.prefill_done(request_id)
+        if req is not None and req.is_local and self.sharing is not None:
+            self.sharing.publish(Kind.KIND_PREFILL_DONE, request_id, req.instance_id)
+
+    def free(self, request_id: str) -> None:
+        req = self.load.free(request_id)
+        if req is not None and req.is_local and self.sharing is not None:
+            self.sharing.publish(Kind.KIND_FREE, request_id, req.instance_id)
+
+    # -- inputs -----------------------------------------------------------------
+
+    async def _on_load(self, metrics: LoadMetrics) -> None:
+        if metrics.instance_id in self._workers.instances:
+            self.load.report(
+                metrics.instance_id,
+                metrics.active_blocks,
+                metrics.pending_prefill_tokens,
+                metrics.total_blocks,
+            )
+        self.load.expire()
+
+    def _on_worker_change(self, kind: ChangeKind, info: InstanceInfo) -> None:
+        if kind != "removed":
+            if self.follower is not None:
+                self.follower.worker_added(info.instance_id)
+            if info.block_size and info.block_size != self.block_size:
+                log.warning(
+                    "worker block size %d != --kv-cache-block-size %d: no prefix will match",
+                    info.block_size,
+                    self.block_size,
+                    extra={"instance_id": info.instance_id},
+                )
+            self._wake_waiters()
+            return
+        self.load.remove_worker(info.instance_id)
+        if self.follower is not None:
+            self.follower.worker_removed(info.instance_id)
+        elif self.approx is not None:
+            self.approx.remove_worker(info.instance_id)
+
+    def _endpoint_of(self, instance_id: str) -> str | None:
+        info = self._workers.instances.get(instance_id)
+        return info.endpoint if info is not None else None

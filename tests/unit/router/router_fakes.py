@@ -1,0 +1,31 @@
+"""A worker view without etcd, for policy tests."""
+
+from __future__ import annotations
+
+from tandem.runtime.discovery import ChangeCallback, InstanceInfo
+
+
+class FakeWorkers:
+    def __init__(self, *ids: str, total_blocks: int = 1000) -> None:
+        self._instances: dict[str, InstanceInfo] = {}
+        self._callbacks: list[ChangeCallback] = []
+        for iid in ids:
+            self.add(iid, total_blocks)
+
+    @property
+    def instances(self) -> dict[str, InstanceInfo]:
+        return self._instances
+
+    def on_change(self, callback: ChangeCallback) -> None:
+        self._callbacks.append(callback)
+
+    def add(self, iid: str, total_blocks: int = 1000) -> None:
+        info = InstanceInfo(iid, "worker", f"{iid}:1", block_size=16, total_blocks=total_blocks)
+        self._instances[iid] = info
+        for cb in self._callbacks:
+            cb("added", info)
+
+    def remove(self, iid: str) -> None:
+        info = self._instances.pop(iid)
+        for cb in self._callbacks:
+            cb("removed", info)

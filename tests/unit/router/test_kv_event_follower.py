@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from tandem.router.kv_event_follower import KvEventFollower
+from tandem.router.radix_index import RadixIndex
+from tandem.runtime.wire import kv_events_pb2 as kv
+from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
+
+
+def stored(worker: str, event_id: int, hashes: list[int], parent: int | None = None) -> kv.KvEvent:
+    ev = kv.KvEvent(instance_id=worker, event_id=event_id)
+    ev.stored.blocks.extend(kv.StoredBlock(block_hash=h, local_hash=h) for h in hashes)
+    if parent is not None:
+        ev.stored.parent_hash = parent
+    return ev
+
+
+def removed(worker: str, event_id: int, hashes: list[int]) -> kv.KvEvent:
+    ev = kv.KvEvent(instance_id=worker, event_id=event_id)
+    ev.removed.block_hashes.extend(hashes)
+    return ev
+
+
+def cleared(worker: str, event_id: int) -> kv.KvEvent:
+    ev = kv.KvEvent(instance_id=worker, event_id=event_id)
+    ev.cleared.SetInParent()
+    return ev
+
+
+class FakeWorker(worker_pb2_grpc.WorkerServicer):
+    """Answers KvEventsSince from a full event log, or with a snapshot when asked to."""
+
+    def __init__(self, log: list[kv.KvEvent], snapshot: list[kv.KvEvent] | None = None) -> None:
+        self.log = log
+        self.snapshot = snapshot
+        self.requests: list[int] = []
+
+    async def KvEventsSince(self, request, context):  # noqa: N802 - gRPC method name
+        self.requests.append(request.from_event_id)
+        if self.snapshot is not None:
+            return worker_pb2.KvEventsSinceResponse(
+                events=self.snapshot, is_snapshot=True, last_event_id=self.log[-1].event_id
+            )
+        events = [e for e in self.log if e.event_id >= request.from_event_id]
+        return worker_pb2.KvEventsSinceResponse(events=events, last_event_id=self.log[-1].event_id)
+
+
+@pytest.fixture
+async def fake_worker_server():
+    servers = []
+
+    async def start(servicer: FakeWorker) -> str:
+        server = grpc.aio.server()
+        worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        await server.stop(None)
+
+
+async def wait_recovered(follower: KvEventFollower, worker: str) -> None:
+    async with asyncio.timeout(10):
+        while follower.is_recovering(worker):  # noqa: ASYNC110 - state owned by the code under test
+            await asyncio.sleep(0.01)
+
+
+async def test_in_order_events_apply_and_duplicates_are_skipped():
+    index = RadixIndex()
+    follower = KvEventFollower(index, endpoint_of=lambda w: None)
+    follower.apply_all(
+        [stored("w1", 0, [1, 2]), stored("w1", 1, [3], parent=2), stored("w1", 1, [99])]
+    )
+    assert index.overlaps([1, 2, 3]) == {"w1": 3}
+    assert index.num_blocks == 3
+    follower.apply_all([removed("w1", 2, [3]), cleared("w2", 0), stored("w2", 1, [1])])
+    assert index.overlaps([1, 2, 3]) == {"w1": 2, "w2": 1}
+    follower.handle(cleared("w1", 3))
+    assert index.overlaps([1, 2, 3]) == {"w2": 1}
+    assert follower.last_event_id("w1") == 3
+    assert follower.num_applied == 6
+
+
+async def test_gap_fetches_missing_events(fake_worker_server):
+    log = [
+        stored("w1", 0, [1]),
+        stored("w1", 1, [2]),
+        removed("w1", 2, [1]),
+        stored("w1", 3, [1, 5]),
+    ]
+    worker = FakeWorker(log)
+    endpoint = await fake_worker_server(worker)
+    index = RadixIndex()
+    follower = KvEventFollower(index, endpoint_of=lambda w: endpoint)
+    follower.handle(log[0])
+    follower.handle(log[3])  # 1 and 2 were lost
+    assert follower.is_recovering("w1")
+    follower.handle(stored("w1", 4, [6]))  # buffered during recovery, applied after
+    await wait_recovered(follower, "w1")
+    assert worker.requests == [1]
+    assert index.worker_blocks("w1") == {1, 2, 5, 6}
+    assert follower.last_event_id("w1") == 4
+    assert follower.num_gaps == 1
+
+
+async def test_gap_beyond_ring_buffer_rebuilds_from_snapshot(fake_worker_server):
+    log = [stored("w1", i, [100 + i]) for i in range(10)]
+    snapshot = [cleared("w1", 0), stored("w1", 0, [7, 8, 9])]
+    endpoint = await fake_worker_server(FakeWorker(log, snapshot))
+    index = RadixIndex()
+    follower = KvEventFollower(index, endpoint_of=lambda w: endpoint)
+    follower.handle(stored("w1", 0, [42]))
+    follower.handle(log[9])  # starts late / stream trimmed
+    await wait_recovered(follower, "w1")
+    assert index.worker_blocks("w1") == {7, 8, 9}  # 42 went with the snapshot's AllCleared
+    assert follower.last_event_id("w1") == 9
+    follower.handle(stored("w1", 10, [11]))
+    assert 11 in index.worker_blocks("w1")
+
+
+async def test_first_event_not_zero_is_a_gap_from_zero(fake_worker_server):
+    log = [stored("w1", 0, [1]), stored("w1", 1, [2])]
+    worker = FakeWorker(log)
+    endpoint = await fake_worker_server(worker)
+    follower = KvEventFollower(RadixIndex(), endpoint_of=lambda w: endpoint)
+    follower.handle(log[1])
+    await wait_recovered(follower, "w1")
+    assert worker.requests == [0]
+    assert follower.index.overlaps([1, 2]) == {"w1": 2}
+
+
+async def test_worker_removal_drops_blocks_and_ignores_stragglers():
+    index = RadixIndex()
+    follower = KvEventFollower(index, endpoint_of=lambda w: None)
+    follower.apply_all([stored("w1", 0, [1, 2]), stored("w2", 0, [1])])
+    follower.worker_removed("w1")
+    follower.handle(stored("w1", 1, [3]))
+    assert index.overlaps([1, 2]) == {"w2": 1}
+    assert "w1" not in index.workers
+
+
+async def test_unknown_workers_after_replay_are_rebuilt_when_they_return(fake_worker_server):
+    log = [stored("w9", 0, [1]), stored("w9", 1, [2])]
+    worker = FakeWorker(log, snapshot=[cleared("w9", 0), stored("w9", 0, [1, 2, 3])])
+    endpoint = await fake_worker_server(worker)
+    index = RadixIndex()
+    follower = KvEventFollower(index, endpoint_of=lambda w: endpoint)
+    follower.apply_all(log)
+    follower.drop_unknown_workers(alive=set())
+    assert index.num_blocks == 0
+    follower.handle(stored("w9", 2, [4]))  # it was alive after all: rebuilt, not drifted
+    await wait_recovered(follower, "w9")
+    assert index.worker_blocks("w9") == {1, 2, 3, 4}
+
+
+async def test_non_device_tiers_are_not_indexed():
+    index = RadixIndex()
+    follower = KvEventFollower(index, endpoint_of=lambda w: None)
+    ev = stored("w1", 0, [1])
+    ev.stored.tier = "host_dram"
+    follower.handle(ev)
+    assert index.num_blocks == 0
+    assert follower.last_event_id("w1") == 0
+
+
+async def test_only_members_are_followed_and_a_late_member_is_rebuilt(fake_worker_server):
+    log = [stored("w1", 0, [1]), stored("w1", 1, [2]), stored("w1", 2, [3])]
+    worker = FakeWorker(log)
+    endpoint = await fake_worker_server(worker)
+    members: set[str] = set()
+    index = RadixIndex()
+    follower = KvEventFollower(
+        index, endpoint_of=lambda w: endpoint, is_member=members.__contains__
+    )
+    follower.apply_all(log[:2])  # e.g. another model's worker, or one still registering
+    assert index.num_blocks == 0
+    members.add("w1")
+    follower.handle(log[2])
+    await wait_recovered(follower, "w1")
+    assert worker.requests == [0]
+    assert index.overlaps([1, 2, 3]) == {"w1": 3}
+
+
+async def test_a_gap_the_worker_cannot_fill_does_not_loop(fake_worker_server):
+    log = [stored("w1", 0, [1]), stored("w1", 1, [2])]
+    worker = FakeWorker(log)
+    endpoint = await fake_worker_server(worker)
+    follower = KvEventFollower(RadixIndex(), endpoint_of=lambda w: endpoint)
+    follower.apply_all(log)
+    follower.handle(stored("w1", 50, [3]))  # e.g. a bogus or misnumbered event
+    await wait_recovered(follower, "w1")
+    assert worker.requests == [2]
+    assert follower.last_event_id("w1") == 50
+    assert follower.index.overlaps([1, 2, 3]) == {"w1": 3}
+
+
+async def test_a_worker_restarted_under_the_same_id_is_followed_again():
+    index = RadixIndex()
+    follower = KvEventFollower(index, endpoint_of=lambda w: None)
+    follower.apply_all([stored("w1", 0, [1]), stored("w1", 1, [2])])
+    follower.worker_removed("w1")
+    follower.worker_added("w1")
+    follower.apply_all([stored("w1", 0, [7]), stored("w1", 1, [8])])  # ids start again at 0
+    assert index.worker_blocks("w1") == {7, 8}

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import random
+
+from tandem.router.radix_index import RadixIndex
+from tandem.runtime.block_hash import sequence_hashes
+
+
+def test_insert_and_overlap_counts_leading_blocks():
+    index = RadixIndex()
+    index.store("w1", [1, 2, 3])
+    assert index.overlaps([1, 2, 3, 4]) == {"w1": 3}
+    assert index.overlaps([1, 2]) == {"w1": 2}
+    assert index.overlaps([9, 2, 3]) == {}  # the first block is missing
+    assert index.overlaps([]) == {}
+
+
+def test_shared_prefix_across_workers():
+    index = RadixIndex()
+    index.store("w1", [1, 2, 3, 4])
+    index.store("w2", [1, 2])
+    index.store("w3", [1, 2, 3, 9])
+    assert index.overlaps([1, 2, 3, 4, 5]) == {"w1": 4, "w2": 2, "w3": 3}
+    assert index.num_blocks == 5
+    assert index.num_entries == 10
+
+
+def test_remove_breaks_the_chain_and_frees_nodes():
+    index = RadixIndex()
+    index.store("w1", [1, 2, 3])
+    index.store("w2", [1, 2, 3])
+    index.remove("w1", [2])
+    assert index.overlaps([1, 2, 3]) == {"w1": 1, "w2": 3}
+    index.remove("w2", [1, 2, 3])
+    index.remove("w1", [1, 3, 77])  # 77 never stored: ignored
+    assert index.num_blocks == 0
+    assert index.overlaps([1, 2, 3]) == {}
+
+
+def test_clear_drops_only_that_worker():
+    index = RadixIndex()
+    index.store("w1", [1, 2])
+    index.store("w2", [1, 2])
+    index.clear("w1")
+    assert index.overlaps([1, 2]) == {"w2": 2}
+    index.store("w1", [1])
+    assert index.overlaps([1, 2]) == {"w2": 2, "w1": 1}
+
+
+def test_worker_removal_recycles_its_slot():
+    index = RadixIndex()
+    index.store("w1", [1, 2])
+    index.store("w2", [1])
+    index.remove_worker("w1")
+    assert index.overlaps([1, 2]) == {"w2": 1}
+    assert index.num_blocks == 1
+    index.store("w3", [1, 2])  # takes w1's old slot; must not inherit anything
+    assert index.overlaps([1, 2]) == {"w2": 1, "w3": 2}
+    assert "w1" not in index.workers
+
+
+def test_real_block_hashes():
+    index = RadixIndex()
+    system = list(range(64))
+    a = sequence_hashes(system + [100] * 32, 16)
+    b = sequence_hashes(system + [200] * 32, 16)
+    index.store("w1", a)
+    assert index.overlaps(b) == {"w1": 4}
+    assert index.overlaps(a) == {"w1": 6}
+
+
+def test_many_workers_beyond_one_machine_word():
+    index = RadixIndex()
+    for i in range(200):
+        index.store(f"w{i}", list(range(1, 2 + i % 10)))
+    result = index.overlaps(list(range(1, 20)))
+    assert len(result) == 200
+    assert all(result[f"w{i}"] == 1 + i % 10 for i in range(200))
+
+
+class BruteForceIndex:
+    """The obvious reference: a set of blocks per worker."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[str, set[int]] = {}
+
+    def store(self, w: str, hashes: list[int]) -> None:
+        self.blocks.setdefault(w, set()).update(hashes)
+
+    def remove(self, w: str, hashes: list[int]) -> None:
+        self.blocks.get(w, set()).difference_update(hashes)
+
+    def clear(self, w: str) -> None:
+        self.blocks.pop(w, None)
+
+    def overlaps(self, hashes: list[int]) -> dict[str, int]:
+        out = {}
+        for w, held in self.blocks.items():
+            n = 0
+            while n < len(hashes) and hashes[n] in held:
+                n += 1
+            if n:
+                out[w] = n
+        return out
+
+
+def test_randomized_against_brute_force():
+    rng = random.Random(7)
+    index, ref = RadixIndex(), BruteForceIndex()
+    workers = [f"w{i}" for i in range(70)]  # more than 64: multi-word masks
+    # A small tree of prefixes so that workers genuinely share chains.
+    chains = [[rng.randrange(1, 400) for _ in range(12)] for _ in range(25)]
+    for step in range(6000):
+        w = rng.choice(workers)
+        chain = rng.choice(chains)
+        op = rng.random()
+        if op < 0.5:
+            start = rng.randrange(len(chain))
+            hashes = chain[start : start + rng.randrange(1, 6)]
+            index.store(w, hashes)
+            ref.store(w, hashes)
+        elif op < 0.85:
+            hashes = rng.sample(chain, rng.randrange(1, 4))
+            index.remove(w, hashes)
+            ref.remove(w, hashes)
+        elif op < 0.93:
+            index.clear(w)
+            ref.clear(w)
+        else:
+            index.remove_worker(w)
+            ref.clear(w)
+        if step % 7 == 0:
+            query = rng.choice(chains)[: rng.randrange(1, 13)]
+            expected = ref.overlaps(query)
+            assert index.overlaps(query) == expected, step
+    held = set().union(*ref.blocks.values()) if ref.blocks else set()
+    assert index.num_blocks == len(held)
+    assert index.num_entries == sum(len(b) for b in ref.blocks.values())
