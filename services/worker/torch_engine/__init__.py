@@ -1,4 +1,14 @@
-"""Embedded PyTorch engine: a Llama-family model over a paged KV cache, on CPU or CUDA."""
+"""Embedded PyTorch engine: a Llama-family model over a paged KV cache, on CPU or CUDA.
+
+- `config.py`: `TorchEngineConfig` (the `--model-path`, `--dtype`, ... flags).
+- `engine.py`: `TorchEngine` / `create_engine`: engine thread, async streams, stats.
+- `scheduler.py`: continuous batching, token budget, chunked prefill, preemption.
+- `runner.py`: scheduled batch -> model inputs (slots, block tables, masks) -> tokens.
+- `model.py`: the decoder and its paged attention; `linear.py`: packed bf16 matmuls.
+- `sampling.py`: greedy / temperature / top-k / top-p, per-request seeds, logprobs.
+- `loader.py`, `gguf_loader.py`, `safetensors_loader.py`, `model_config.py`: weights.
+KV blocks and the prefix cache are `tandem.worker.block_manager.BlockManager`'s.
+"""
 
 from .config import TorchEngineConfig
 from .engine import TorchEngine, create_engine

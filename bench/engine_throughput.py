@@ -1,0 +1,167 @@
+"""Torch engine throughput vs HF transformers generate() on the same model, dtype and machine.
+
+    HF_HUB_OFFLINE=1 python bench/engine_throughput.py [--dtype auto|float32|bfloat16]
+
+Prints prefill tokens/s (512-token prompt), decode tokens/s at batch 1/8/32,
+TTFT of a 2,000-token prompt cold vs with 90% of it in the prefix cache, and
+the ratios to HF (run afterwards in a subprocess, so the two never share a
+process). Every figure is the best of --repeat runs: on a shared box the
+median mostly measures the neighbours.
+A benchmark, never a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+from tandem.worker.engine import EngineRequest, SamplingConfig
+from tandem.worker.kv_event_sink import RecordingSink
+from tandem.worker.torch_engine import TorchEngine, TorchEngineConfig
+from tandem.worker.torch_engine.config import DEFAULT_GGUF_FILE, default_model_path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DECODE_BATCHES = (1, 8, 32)
+_seeds = iter(range(1000, 10**9))
+
+
+def prompt(n: int) -> list[int]:
+    g = torch.Generator().manual_seed(next(_seeds))
+    return torch.randint(100, 49000, (n,), generator=g).tolist()
+
+
+class Ours:
+    """The torch engine through its public async API (thread hop and queues included)."""
+
+    def __init__(self, engine: TorchEngine) -> None:
+        self.engine = engine
+
+    async def _times(self, ids: list[int], max_tokens: int) -> list[float]:
+        """Arrival time of every token of one request."""
+        times: list[float] = []
+        sampling = SamplingConfig(max_tokens=max_tokens, ignore_eos=True)
+        async for out in self.engine.generate(EngineRequest("bench", ids, sampling)):
+            times.extend(time.perf_counter() for _ in out.token_ids)
+        return times
+
+    async def ttft(self, ids: list[int]) -> float:
+        start = time.perf_counter()
+        await self._times(ids, 1)
+        return time.perf_counter() - start
+
+    async def decode_rate(self, batch: int, new: int) -> float:
+        runs = await asyncio.gather(*(self._times(prompt(32), new) for _ in range(batch)))
+        first = max(t[0] for t in runs)  # every sequence is past its prefill
+        last = max(t[-1] for t in runs)
+        return batch * (new - 1) / (last - first)
+
+
+class HF:
+    """HF transformers generate() on the same GGUF, dequantized by transformers itself."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        from transformers import AutoModelForCausalLM
+
+        path = default_model_path()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(path), gguf_file=DEFAULT_GGUF_FILE, dtype=dtype
+        ).eval()
+
+    def run(self, batch: int, n_prompt: int, new: int) -> float:
+        ids = torch.tensor([prompt(n_prompt) for _ in range(batch)])
+        start = time.perf_counter()
+        with torch.inference_mode():
+            self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                do_sample=False, pad_token_id=2,
+            )  # fmt: skip
+        return time.perf_counter() - start
+
+
+async def bench_ours(args: argparse.Namespace) -> tuple[dict[str, float], str]:
+    config = TorchEngineConfig(dtype=args.dtype, device="cpu", num_kv_blocks=4096)
+    engine = TorchEngine(config, RecordingSink())
+    await engine.start()
+    ours = Ours(engine)
+    runs: dict[str, list[float]] = {}
+
+    def note(key: str, value: float) -> None:
+        runs.setdefault(key, []).append(value)
+
+    await ours.decode_rate(4, 8)  # warm up
+    for _ in range(args.repeat):
+        note("prefill", 512 / await ours.ttft(prompt(512)))
+        for batch in DECODE_BATCHES:
+            note(f"decode{batch}", await ours.decode_rate(batch, args.decode_tokens))
+        base = prompt(2000)
+        note("ttft_cold", await ours.ttft(base))
+        note("ttft_hit", await ours.ttft(base[:1800] + prompt(200)))  # 90% cached now
+    dtype = str(engine.model.dtype).removeprefix("torch.")
+    await engine.stop()
+    return {k: (min(v) if k.startswith("ttft") else max(v)) for k, v in runs.items()}, dtype
+
+
+def bench_hf(args: argparse.Namespace) -> dict[str, float]:
+    hf = HF(torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
+    hf.run(2, 32, 4)  # warm up
+    res = {"prefill": 512 / min(hf.run(1, 512, 1) for _ in range(args.repeat))}
+    for batch in DECODE_BATCHES:
+        t1 = min(hf.run(batch, 32, 1) for _ in range(args.repeat))
+        tn = min(hf.run(batch, 32, args.decode_tokens) for _ in range(args.repeat))
+        res[f"decode{batch}"] = batch * (args.decode_tokens - 1) / (tn - t1)
+    res["ttft_cold"] = min(hf.run(1, 2000, 1) for _ in range(args.repeat))
+    return res
+
+
+def hf_in_subprocess(args: argparse.Namespace, dtype: str) -> dict[str, float]:
+    """HF in its own process: two OpenMP teams in one process slow each other down."""
+    cmd = [sys.executable, __file__, "--hf-only", "--dtype", dtype, "--repeat", str(args.repeat)]
+    cmd += ["--decode-tokens", str(args.decode_tokens)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-hf", action="store_true", help="skip the HF transformers baseline")
+    parser.add_argument("--hf-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hf_only:
+        print(json.dumps(bench_hf(args)))
+        return
+    ours, dtype = asyncio.run(bench_ours(args))
+    hf = {} if args.no_hf else hf_in_subprocess(args, dtype)
+
+    print(
+        f"\ntorch engine vs HF transformers generate(): {dtype}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, best of {args.repeat}"
+    )
+    print(f"{'metric':<36}{'tandem':>10}{'HF':>10}{'tandem/HF':>11}")
+    rows = [("prefill tok/s (512-token prompt)", "prefill")]
+    rows += [(f"decode tok/s, batch {b}", f"decode{b}") for b in DECODE_BATCHES]
+    rows += [("TTFT s, 2000 tokens, cold", "ttft_cold")]
+    for label, key in rows:
+        is_time = key.startswith("ttft")
+        fmt = "{:.3f}" if is_time else "{:.1f}"
+        ref = hf.get(key)
+        speedup = "" if ref is None else f"{(ref / ours[key] if is_time else ours[key] / ref):.2f}x"
+        ref_s = "" if ref is None else fmt.format(ref)
+        print(f"{label:<36}{fmt.format(ours[key]):>10}{ref_s:>10}{speedup:>11}")
+    print(f"{'TTFT s, 2000 tokens, 90% cached':<36}{ours['ttft_hit']:>10.3f}")
+    print(
+        f"cache-hit TTFT is {ours['ttft_cold'] / ours['ttft_hit']:.1f}x faster than cold "
+        "(tandem/HF: speed-up of tandem; for TTFT, HF time / tandem time)"
+    )
+
+
+if __name__ == "__main__":
+    main()
