@@ -82,6 +82,8 @@ def hash_blocks(
     return BlockHashes(local, sequence)
 
 
-def sequence_hashes(token_ids: Sequence[int], block_size: int, seed: int = BLOCK_HASH_SEED) -> list[int]:
+def sequence_hashes(
+    token_ids: Sequence[int], block_size: int, seed: int = BLOCK_HASH_SEED
+) -> list[int]:
     """Chained sequence hashes of the full blocks of `token_ids` (what routers look up)."""
     return hash_blocks(token_ids, block_size, seed).sequence

@@ -9,7 +9,6 @@ worker (engine flags such as --num-kv-blocks or --speedup-ratio).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib
@@ -30,7 +29,10 @@ log = logging.getLogger("tandem.up")
 
 SERVICES = {
     "frontend": ("tandem.frontend.__main__", "OpenAI-compatible HTTP frontend"),
-    "worker": ("tandem.worker.__main__", "a worker: gRPC server in front of an engine (torch or mocker)"),
+    "worker": (
+        "tandem.worker.__main__",
+        "a worker: gRPC server in front of an engine (torch or mocker)",
+    ),
     "router": ("tandem.router.__main__", "standalone KV-aware router service (gRPC)"),
 }
 
@@ -47,12 +49,18 @@ class UpConfig:
     workers: int = option(2, "Number of worker processes.")
     http_port: int = option(8000, "Port of the OpenAI-compatible HTTP API.")
     http_host: str = option("0.0.0.0", "Interface the HTTP API listens on.")
-    router_mode: str = option("kv", "How the frontend picks a worker.", choices=("kv", "round-robin", "random"))
+    router_mode: str = option(
+        "kv", "How the frontend picks a worker.", choices=("kv", "round-robin", "random")
+    )
     nats: str = option("", "Use this running NATS (JetStream on) instead of starting one.")
     etcd: str = option("", "Use this running etcd instead of starting one.")
     namespace: str = option("default", "Deployment namespace.")
-    log_level: str = option("INFO", "Log level for every process.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    ready_timeout: float = option(600.0, "Seconds to wait for the cluster to serve before giving up.")
+    log_level: str = option(
+        "INFO", "Log level for every process.", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    ready_timeout: float = option(
+        600.0, "Seconds to wait for the cluster to serve before giving up."
+    )
 
 
 def _models_ready(port: int) -> list[str]:
@@ -81,10 +89,24 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
         except InfraError as exc:
             log.error("%s", exc)
             return 1
-        log.info("started nats at %s and etcd at %s (data in %s)", infra.nats_url, infra.etcd_url, infra.root)
+        log.info(
+            "started nats at %s and etcd at %s (data in %s)",
+            infra.nats_url,
+            infra.etcd_url,
+            infra.root,
+        )
     nats_url = config.nats or (infra.nats_url if infra else "")
     etcd_url = config.etcd or (infra.etcd_url if infra else "")
-    common = ["--nats", nats_url, "--etcd", etcd_url, "--namespace", config.namespace, "--log-level", config.log_level]
+    common = [
+        "--nats",
+        nats_url,
+        "--etcd",
+        etcd_url,
+        "--namespace",
+        config.namespace,
+        "--log-level",
+        config.log_level,
+    ]
 
     supervisor = Supervisor()
     stop = asyncio.Event()
@@ -97,7 +119,9 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
             await supervisor.start(ChildSpec.python_module(f"worker-{i}", "tandem.worker", args))
         frontend_args = [*common, "--http-port", str(config.http_port), "--http-host", config.http_host,
                          "--router-mode", config.router_mode]  # fmt: skip
-        await supervisor.start(ChildSpec.python_module("frontend", "tandem.frontend", frontend_args))
+        await supervisor.start(
+            ChildSpec.python_module("frontend", "tandem.frontend", frontend_args)
+        )
         ready = asyncio.create_task(_wait_ready(config, supervisor))
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({ready, stopped, asyncio.create_task(supervisor.failed.wait())},

@@ -126,8 +126,12 @@ def _parser(cls: type[Any], prog: str | None, description: str | None) -> argpar
     return parser
 
 
-def _build(cls: type[T], parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-           environ: Mapping[str, str] | None) -> T:
+def _build(
+    cls: type[T],
+    parser: argparse.ArgumentParser,
+    namespace: argparse.Namespace,
+    environ: Mapping[str, str] | None,
+) -> T:
     try:
         return config_from_namespace(cls, namespace, environ)
     except (TypeError, ValueError) as exc:
@@ -165,7 +169,9 @@ def parse_known_config(
 class RuntimeConfig:
     """Settings every service shares; service configs extend this class."""
 
-    namespace: str = option("default", "Deployment namespace: keys, subjects and streams are scoped by it.")
+    namespace: str = option(
+        "default", "Deployment namespace: keys, subjects and streams are scoped by it."
+    )
     nats: str = option("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated.")
     etcd: str = option("http://127.0.0.1:2379", "etcd endpoint(s), comma-separated.")
     log_level: str = option("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))

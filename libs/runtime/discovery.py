@@ -148,7 +148,9 @@ class Discovery:
 
     async def register_instance(self, info: InstanceInfo) -> None:
         """Publish `info` under this process's lease (again after any lease loss)."""
-        await self.put_leased(instance_key(self.namespace, info.component, info.instance_id), info.to_json())
+        await self.put_leased(
+            instance_key(self.namespace, info.component, info.instance_id), info.to_json()
+        )
 
     async def unregister_instance(self, info: InstanceInfo) -> None:
         key = instance_key(self.namespace, info.component, info.instance_id)
@@ -202,7 +204,9 @@ class Discovery:
                     self._unwritten.update(self._registrations)
                     log.info("etcd lease %x granted (ttl %ss)", grant.ID, self.lease_ttl)
                 elif not await self._refresh_lease(self._lease_id):
-                    log.warning("etcd lease %x expired; re-registering under a new lease", self._lease_id)
+                    log.warning(
+                        "etcd lease %x expired; re-registering under a new lease", self._lease_id
+                    )
                     self._lease_id = None
                     continue
                 await self._write_unwritten(self._lease_id)
@@ -291,7 +295,9 @@ class InstanceSet:
         with contextlib.suppress(ValueError):
             self._discovery._views.remove(self)
 
-    async def wait_for(self, predicate: Callable[[dict[str, InstanceInfo]], bool], timeout: float) -> None:
+    async def wait_for(
+        self, predicate: Callable[[dict[str, InstanceInfo]], bool], timeout: float
+    ) -> None:
         """Wait until `predicate(instances)` holds (e.g. `lambda d: len(d) >= 2`)."""
         async with asyncio.timeout(timeout):
             async with self._changed:
@@ -311,7 +317,9 @@ class InstanceSet:
                 await self._replace(listed)
                 self._synced.set()
                 revision = resp.header.revision + 1
-                async for watch_resp in client.watch.watch(self._prefix, range_end=end, start_revision=revision):  # type: ignore[union-attr]
+                async for watch_resp in client.watch.watch(
+                    self._prefix, range_end=end, start_revision=revision
+                ):  # type: ignore[union-attr]
                     if watch_resp.canceled:
                         break
                     for event in watch_resp.events:
@@ -326,7 +334,9 @@ class InstanceSet:
             except asyncio.CancelledError:
                 raise
             except _ETCD_ERRORS as exc:
-                log.warning("etcd watch on %s interrupted, keeping last view: %s", self._prefix, exc)
+                log.warning(
+                    "etcd watch on %s interrupted, keeping last view: %s", self._prefix, exc
+                )
                 await asyncio.sleep(_RETRY_SECONDS)
 
     def _parse(self, raw: bytes) -> InstanceInfo | None:

@@ -26,11 +26,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise InfraError(f"process exited with code {proc.returncode} before listening on {port}")
+            raise InfraError(
+                f"process exited with code {proc.returncode} before listening on {port}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -103,7 +107,16 @@ def start_nats(data_dir: Path, timeout: float = 20.0) -> ManagedServer:
     port = free_port()
     store = data_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
-    argv = [find_binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
+    argv = [
+        find_binary("nats-server"),
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-sd",
+        str(store),
+    ]
     return _spawn("nats", argv, data_dir, port, timeout)
 
 

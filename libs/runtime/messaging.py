@@ -36,7 +36,9 @@ class Messaging:
     """Owns this process's NATS connection and JetStream context."""
 
     def __init__(self, servers: str | list[str], namespace: str, name: str = "tandem") -> None:
-        self.servers = [s.strip() for s in servers.split(",")] if isinstance(servers, str) else servers
+        self.servers = (
+            [s.strip() for s in servers.split(",")] if isinstance(servers, str) else servers
+        )
         self.namespace = namespace
         self.name = name
         self._nc: NatsClient | None = None
@@ -143,7 +145,9 @@ class Messaging:
             subjects.load_subject(self.namespace, metrics.instance_id), metrics.SerializeToString()
         )
 
-    async def subscribe_load(self, handler: Callable[[LoadMetrics], Awaitable[None]]) -> Subscription:
+    async def subscribe_load(
+        self, handler: Callable[[LoadMetrics], Awaitable[None]]
+    ) -> Subscription:
         async def on_msg(msg: Msg) -> None:
             metrics = LoadMetrics()
             metrics.ParseFromString(msg.data)

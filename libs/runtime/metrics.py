@@ -33,15 +33,26 @@ class MetricsFactory:
 
     def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
         # prometheus_client appends `_total` itself; accept names written either way.
-        return Counter(metric_name(self.component, name.removesuffix("_total")), doc, labels, registry=self.registry)
+        return Counter(
+            metric_name(self.component, name.removesuffix("_total")),
+            doc,
+            labels,
+            registry=self.registry,
+        )
 
     def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
         return Gauge(metric_name(self.component, name), doc, labels, registry=self.registry)
 
     def histogram(
-        self, name: str, doc: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = LATENCY_BUCKETS
+        self,
+        name: str,
+        doc: str,
+        labels: tuple[str, ...] = (),
+        buckets: tuple[float, ...] = LATENCY_BUCKETS,
     ) -> Histogram:
-        return Histogram(metric_name(self.component, name), doc, labels, registry=self.registry, buckets=buckets)
+        return Histogram(
+            metric_name(self.component, name), doc, labels, registry=self.registry, buckets=buckets
+        )
 
 
 def render(registry: CollectorRegistry) -> bytes:

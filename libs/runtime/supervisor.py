@@ -75,11 +75,21 @@ class Supervisor:
             lived = time.monotonic() - child.started_at
             child.quick_restarts = child.quick_restarts + 1 if lived < QUICK_EXIT_SECONDS else 0
             if child.quick_restarts > MAX_QUICK_RESTARTS:
-                log.error("%s keeps exiting (code %s) right after start; giving up on it", child.spec.name, code)
+                log.error(
+                    "%s keeps exiting (code %s) right after start; giving up on it",
+                    child.spec.name,
+                    code,
+                )
                 self.failed.set()
                 return
-            delay = min(2.0 ** child.quick_restarts, 30.0) if child.quick_restarts else 0.5
-            log.warning("%s exited with code %s after %.1fs; restarting in %.1fs", child.spec.name, code, lived, delay)
+            delay = min(2.0**child.quick_restarts, 30.0) if child.quick_restarts else 0.5
+            log.warning(
+                "%s exited with code %s after %.1fs; restarting in %.1fs",
+                child.spec.name,
+                code,
+                lived,
+                delay,
+            )
             await asyncio.sleep(delay)
             if self._stopping:
                 return

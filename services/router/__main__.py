@@ -11,9 +11,9 @@ import time
 import uuid
 from collections.abc import Sequence
 
-import grpc
 from tandem.runtime.config import parse_config
 from tandem.runtime.discovery import Discovery, InstanceInfo
+from tandem.runtime.grpc_util import start_server
 from tandem.runtime.logs import setup_logging
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
@@ -42,10 +42,10 @@ async def serve(config: RouterConfig, stop: asyncio.Event) -> None:
     routers = ModelRouters(config, discovery, messaging, metrics, model=config.model)
     await routers.start()
 
-    server = grpc.aio.server()
-    router_pb2_grpc.add_RouterServicer_to_server(RouterService(routers), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
-    await server.start()
+    service = RouterService(routers)
+    server, port = await start_server(
+        lambda s: router_pb2_grpc.add_RouterServicer_to_server(service, s), config.host, config.port
+    )
     http = (
         await serve_metrics(metrics.registry, config.host, config.metrics_port)
         if config.metrics_port

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from tandem.runtime import subjects
+from tandem.runtime.grpc_util import create_channel
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 from tandem.runtime.wire.kv_events_pb2 import KvEvent
 
@@ -304,7 +305,7 @@ class KvEventFollower:
             raise LookupError("worker not (yet) in etcd")
         channel = self._channels.get(worker)
         if channel is None:
-            channel = self._channels[worker] = grpc.aio.insecure_channel(endpoint)
+            channel = self._channels[worker] = create_channel(endpoint)
         stub = worker_pb2_grpc.WorkerStub(channel)
         return await stub.KvEventsSince(
             worker_pb2.KvEventsSinceRequest(from_event_id=from_event_id),

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Collection
 
 import grpc
+from tandem.runtime.grpc_util import create_channel
 from tandem.runtime.wire import router_pb2, router_pb2_grpc
 
 from .api import BaseRouter, NoWorkersError, RouterBusyError, RouteResult
@@ -28,7 +29,7 @@ class RemoteRouter(BaseRouter):
 
     async def start(self) -> None:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.endpoint)
+            self._channel = create_channel(self.endpoint)
             self._stub = router_pb2_grpc.RouterStub(self._channel)
 
     async def stop(self) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from tandem.runtime.local_infra import LocalInfra, free_port, start_etcd, start_nats
+
 from tests.support.processes import ServiceProcess
 
 

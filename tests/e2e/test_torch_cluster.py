@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
-
 from tandem.runtime.local_infra import LocalInfra
+
 from tests.e2e.openai_cluster import MODEL, Cluster
 from tests.support.processes import ServiceProcess
 
@@ -20,7 +19,15 @@ def torch_cluster(infra: LocalInfra, tmp_path_factory: pytest.TempPathFactory) -
     cluster = Cluster(infra, tmp_path_factory.mktemp("torch-e2e"))
     worker = ServiceProcess(
         "tandem.worker",
-        ["--engine", "torch", "--host", "127.0.0.1", "--num-kv-blocks", "512", *cluster.common_flags()],
+        [
+            "--engine",
+            "torch",
+            "--host",
+            "127.0.0.1",
+            "--num-kv-blocks",
+            "512",
+            *cluster.common_flags(),
+        ],
         cluster.log_dir,
     )
     try:
@@ -40,15 +47,21 @@ def client(torch_cluster: Cluster) -> openai.OpenAI:
 
 @pytest.mark.slow
 def test_capital_of_france_is_paris(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=32, temperature=0)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=32, temperature=0
+    )
     text = reply.choices[0].message.content or ""
     assert "Paris" in text, text
     assert reply.usage is not None and reply.usage.prompt_tokens > 10
 
 
 @pytest.mark.slow
-def test_streaming_gives_the_same_greedy_text_and_reuses_the_cached_prefix(client: openai.OpenAI) -> None:
-    whole = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, temperature=0)
+def test_streaming_gives_the_same_greedy_text_and_reuses_the_cached_prefix(
+    client: openai.OpenAI,
+) -> None:
+    whole = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=24, temperature=0
+    )
     stream = client.chat.completions.create(
         model=MODEL, messages=QUESTION, max_tokens=24, temperature=0,
         stream=True, stream_options={"include_usage": True},
@@ -66,7 +79,9 @@ def test_streaming_gives_the_same_greedy_text_and_reuses_the_cached_prefix(clien
 
 
 @pytest.mark.slow
-def test_completions_with_token_ids_and_logprobs(client: openai.OpenAI, torch_cluster: Cluster) -> None:
+def test_completions_with_token_ids_and_logprobs(
+    client: openai.OpenAI, torch_cluster: Cluster
+) -> None:
     reply = client.completions.create(
         model=MODEL, prompt=[504, 3575, 282, 4649, 314], max_tokens=4, temperature=0, logprobs=2
     )

@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
 from tandem.runtime.discovery import Discovery, InstanceInfo, instance_key
 from tandem.runtime.local_infra import LocalInfra, start_etcd
 
 
 def _info(instance_id: str, model: str = "m") -> InstanceInfo:
-    return InstanceInfo(instance_id, "worker", f"127.0.0.1:{1000 + len(instance_id)}", model, started_at=time.time())
+    return InstanceInfo(
+        instance_id, "worker", f"127.0.0.1:{1000 + len(instance_id)}", model, started_at=time.time()
+    )
 
 
 @pytest.fixture
@@ -94,7 +95,9 @@ async def test_killed_process_disappears_within_lease_ttl(
         proc.wait()
 
 
-async def test_lease_lost_is_replaced_and_keys_rewritten(discovery: Discovery, namespace: str) -> None:
+async def test_lease_lost_is_replaced_and_keys_rewritten(
+    discovery: Discovery, namespace: str
+) -> None:
     await discovery.register_instance(_info("w1"))
     old_lease = discovery.lease_id
     assert old_lease is not None

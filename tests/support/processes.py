@@ -15,14 +15,21 @@ from pathlib import Path
 class ServiceProcess:
     """A `python -m tandem.<service>` child with its output in a log file."""
 
-    def __init__(self, module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.module = module
         self.args = args
-        self.log_path = log_dir / f"{module.rsplit('.', 1)[-1]}-{os.getpid()}-{time.monotonic_ns()}.log"
+        self.log_path = (
+            log_dir / f"{module.rsplit('.', 1)[-1]}-{os.getpid()}-{time.monotonic_ns()}.log"
+        )
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args], stdout=self._log, stderr=subprocess.STDOUT, env=full_env
+            [sys.executable, "-m", module, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
         )
 
     @property
@@ -43,9 +50,13 @@ class ServiceProcess:
             if predicate():
                 return
             if not self.is_alive():
-                raise AssertionError(f"{self.module} exited ({self.proc.returncode}) before {what}:\n{self.log_text()[-4000:]}")
+                raise AssertionError(
+                    f"{self.module} exited ({self.proc.returncode}) before {what}:\n{self.log_text()[-4000:]}"
+                )
             time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{self.log_text()[-4000:]}")
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}:\n{self.log_text()[-4000:]}"
+        )
 
     def wait_http_ok(self, url: str, timeout: float = 60.0) -> None:
         def ok() -> bool:
@@ -58,7 +69,9 @@ class ServiceProcess:
         self.wait_until(ok, timeout, f"{url} to answer 200")
 
     def wait_log(self, needle: str, timeout: float = 60.0) -> None:
-        self.wait_until(lambda: needle in self.log_text(), timeout, f"log line containing {needle!r}")
+        self.wait_until(
+            lambda: needle in self.log_text(), timeout, f"log line containing {needle!r}"
+        )
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to clean up (a crashed worker)."""

@@ -6,7 +6,6 @@ import random
 import struct
 
 import pytest
-
 from tandem.runtime.block_hash import (
     BLOCK_HASH_SEED,
     chain_hash,
@@ -76,7 +75,9 @@ def reference_sequence_hashes(tokens: list[int], block_size: int, seed: int) -> 
     for start in range(0, len(tokens) - block_size + 1, block_size):
         block = tokens[start : start + block_size]
         local = reference_xxh3_64(struct.pack(f"<{block_size}I", *block), seed)
-        out.append(local if not out else reference_xxh3_64(struct.pack("<QQ", out[-1], local), seed))
+        out.append(
+            local if not out else reference_xxh3_64(struct.pack("<QQ", out[-1], local), seed)
+        )
     return out
 
 
@@ -84,7 +85,9 @@ def reference_sequence_hashes(tokens: list[int], block_size: int, seed: int) -> 
 def test_sequence_hashes_match_independent_reference(block_size: int) -> None:
     rng = random.Random(block_size)
     tokens = [rng.randrange(0, 200_000) for _ in range(block_size * 7 + 3)]
-    assert sequence_hashes(tokens, block_size) == reference_sequence_hashes(tokens, block_size, 1337)
+    assert sequence_hashes(tokens, block_size) == reference_sequence_hashes(
+        tokens, block_size, 1337
+    )
 
 
 def test_local_hash_is_xxh3_of_le_u32_with_seed_1337() -> None:
