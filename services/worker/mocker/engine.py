@@ -1,4 +1,4 @@
-"""The mocker engine: a real BlockManager and scheduler, simulated step time, no model.
+"""The mocker engine: the real BlockManager and Scheduler, simulated step time, no model.
 
 Everything runs on the event loop: a step does no compute, it only sleeps the
 modelled step time, so one asyncio task per engine is enough and hundreds of
@@ -22,8 +22,8 @@ from tandem.runtime.model_card import ModelCard
 from ..block_manager import BlockManager
 from ..engine import BaseEngine, EngineError, EngineOutput, EngineRequest, EngineStats
 from ..kv_event_sink import KvEventSink
+from ..scheduler import ScheduledBatch, Scheduler
 from .config import MockerConfig
-from .scheduler import Scheduler, StepPlan
 from .sequence import MockSequence, token_rng
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ class MockerEngine(BaseEngine):
             sink,
             enable_prefix_caching=config.enable_prefix_caching,
         )
-        self.scheduler = Scheduler(config, self.blocks)
+        self.scheduler: Scheduler[MockSequence] = Scheduler(
+            self.blocks, config.max_num_seqs, config.max_num_batched_tokens, config.watermark
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._prefill_avg = 0.0
@@ -75,7 +77,10 @@ class MockerEngine(BaseEngine):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self.scheduler.abort_all()
+        sched = self.scheduler
+        for seq in [*sched.running, *sched.waiting]:
+            sched.finish(seq, "abort")
+            seq.event.set()
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         seq = self._new_sequence(request)
@@ -83,7 +88,7 @@ class MockerEngine(BaseEngine):
         self._wake.set()
         try:
             while True:
-                if not seq.pending and seq.finish_reason is None:
+                if not seq.has_output:
                     seq.event.clear()
                     await seq.event.wait()
                 out = seq.take_output()
@@ -92,8 +97,7 @@ class MockerEngine(BaseEngine):
                 if out.finish_reason is not None:
                     return
         finally:
-            if seq.finish_reason is None:
-                self.scheduler.abort(seq)
+            self.scheduler.finish(seq, "abort")  # no-op once it has finished
 
     def stats(self) -> EngineStats:
         sched = self.scheduler
@@ -103,7 +107,7 @@ class MockerEngine(BaseEngine):
             cached_blocks=self.blocks.num_cached_blocks,
             num_running=len(sched.running),
             num_waiting=len(sched.waiting),
-            pending_prefill_tokens=sched.pending_prefill_tokens(),
+            pending_prefill_tokens=sched.num_pending_prefill_tokens,
             prefix_cache_hit_rate=self.blocks.prefix_cache_hit_rate,
             num_preemptions=sched.num_preemptions,
             prefill_step_seconds_avg=self._prefill_avg,
@@ -134,15 +138,14 @@ class MockerEngine(BaseEngine):
         return MockSequence(
             request_id=request.request_id,
             token_ids=list(prompt),
-            max_len=max_len,
-            num_prompt_tokens=len(prompt) - before,
-            num_generated_before=before,
+            params=sampling,
             max_new_tokens=max_new,
-            stop_token_ids=frozenset(sampling.stop_token_ids),
+            max_len=max_len,
+            eos_token_ids=self.eos_token_ids,
+            num_generated_before=before,
+            rng=token_rng(request),
             vocab_size=self.config.vocab_size,
             banned_ids=frozenset(self.eos_token_ids),
-            rng=token_rng(request),
-            num_logprobs=sampling.top_logprobs if sampling.logprobs else -1,
         )
 
     async def _run(self) -> None:
@@ -154,24 +157,29 @@ class MockerEngine(BaseEngine):
                 self._wake.clear()
                 await self._wake.wait()
                 deadline = loop.time()
-            plan = sched.schedule()
-            if not plan.scheduled:
+            batch = sched.schedule()
+            if not batch:
                 # Nothing fits this step (only after a preemption); go again at once.
                 await asyncio.sleep(0)
                 continue
             seconds = self.config.step_seconds(
-                plan.num_prefill_tokens, plan.num_decode_seqs, plan.num_decode_context_tokens
+                batch.num_prefill_tokens,
+                len(batch.decodes),
+                sum(s.num_computed_tokens + 1 for s in batch.decodes),  # context read
             )
-            self._record(plan, seconds)
+            self._record(batch, seconds)
             # Sleep to an absolute deadline so scheduling overhead and timer
             # rounding do not slow the simulated clock; never build up debt.
             deadline += seconds
             await asyncio.sleep(max(deadline - loop.time(), 0.0))
             deadline = max(deadline, loop.time() - seconds)
-            sched.complete(plan)
+            # Requests aborted during the sleep draw a token nobody reads; postprocess drops it.
+            sched.postprocess(batch, [seq.draw_token() for seq in batch.sampled])
+            for seq in batch.sampled:
+                seq.event.set()
 
-    def _record(self, plan: StepPlan, seconds: float) -> None:
-        if plan.num_prefill_tokens:
+    def _record(self, batch: ScheduledBatch[MockSequence], seconds: float) -> None:
+        if batch.prefills:
             self._prefill_avg += (
                 _EMA * (seconds - self._prefill_avg) if self._prefill_avg else seconds
             )

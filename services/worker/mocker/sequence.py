@@ -1,4 +1,4 @@
-"""One request inside the mocker: its tokens, blocks, progress and output hand-off."""
+"""A request inside the mocker: its fake-token generator and the hand-off to its consumer."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import xxhash
 
-from ..block_manager import BlockTable
-from ..engine import EngineOutput, EngineRequest, FinishReason, TokenLogprob, Usage
+from ..engine import EngineOutput, EngineRequest, TokenLogprob
+from ..sequence import Sequence
 
 # Alternatives in fake top-logprobs are spread by this prime so they are distinct ids.
 _TOP_STRIDE = 7919
@@ -30,71 +30,43 @@ def token_rng(request: EngineRequest) -> random.Random:
     return random.Random(xxhash.xxh3_64_intdigest(packed, seed))
 
 
-@dataclass(slots=True, eq=False)
-class MockSequence:
-    """A request's state; owned by the scheduler, read by its `generate()` consumer."""
+@dataclass(slots=True, eq=False, kw_only=True)
+class MockSequence(Sequence):
+    """A `Sequence` plus what the mocker's step loop and `generate()` consumer share."""
 
-    request_id: str
-    token_ids: list[int]
-    max_len: int  # stop with "length" at this many tokens (prompt + output)
-    num_prompt_tokens: int  # for usage: prompt without tokens generated elsewhere
-    num_generated_before: int
-    max_new_tokens: int
-    stop_token_ids: frozenset[int]
+    rng: random.Random
     vocab_size: int
     banned_ids: frozenset[int]  # never generated (EOS)
-    rng: random.Random
-    num_logprobs: int = -1  # -1: no logprobs; else how many top alternatives
-    table: BlockTable | None = None
-    num_computed: int = 0  # tokens whose KV exists
-    prefill_end: int = 0  # len(token_ids) when last admitted
-    num_cached_tokens: int = -1  # prefix-cache hit at first admission
-    num_generated: int = 0
-    finish_reason: FinishReason | None = None
-    pending: list[int] = field(default_factory=list)
+    num_delivered: int = 0  # output tokens already handed to the consumer
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
-    def is_prefilling(self) -> bool:
-        return self.num_computed < self.prefill_end
+    def has_output(self) -> bool:
+        return self.num_output_tokens > self.num_delivered or self.finish_reason is not None
 
-    def sample(self) -> int:
-        """Append one pseudo-random token (and its fake logprob) and return it."""
+    def draw_token(self) -> int:
+        """A pseudo-random next token (its fake logprob is kept for the consumer)."""
         token = self.rng.randrange(self.vocab_size)
         while token in self.banned_ids:
             token = (token + 1) % self.vocab_size
-        self.token_ids.append(token)
-        self.num_generated += 1
-        self.pending.append(token)
-        if self.num_logprobs >= 0:
+        if self.params.logprobs:
+            num_top = self.params.top_logprobs
             logprob = -0.05 - 2.0 * self.rng.random()
             top = [(token, logprob)] + [
                 ((token + _TOP_STRIDE * (k + 1)) % self.vocab_size, logprob - 0.7 * (k + 1))
-                for k in range(max(self.num_logprobs - 1, 0))
+                for k in range(max(num_top - 1, 0))
             ]
-            self.pending_logprobs.append(
-                TokenLogprob(token, logprob, top if self.num_logprobs else [])
-            )
+            self.pending_logprobs.append(TokenLogprob(token, logprob, top if num_top else []))
         return token
-
-    def check_finished(self, token: int) -> FinishReason | None:
-        if token in self.stop_token_ids:
-            return "stop"
-        if self.num_generated >= self.max_new_tokens or len(self.token_ids) >= self.max_len:
-            return "length"
-        return None
 
     def take_output(self) -> EngineOutput:
         """Everything produced since the last call, in one output."""
-        out = EngineOutput(token_ids=self.pending, finish_reason=self.finish_reason)
-        self.pending = []
-        if self.num_logprobs >= 0:
+        start = self.num_prompt_tokens + self.num_delivered
+        out = EngineOutput(token_ids=self.token_ids[start:], finish_reason=self.finish_reason)
+        self.num_delivered += len(out.token_ids)
+        if self.params.logprobs:
             out.logprobs, self.pending_logprobs = self.pending_logprobs, []
         if self.finish_reason is not None:
-            out.usage = Usage(
-                prompt_tokens=self.num_prompt_tokens,
-                completion_tokens=self.num_generated_before + self.num_generated,
-                cached_tokens=max(self.num_cached_tokens, 0),
-            )
+            out.usage = self.usage()
         return out

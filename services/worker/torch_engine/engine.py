@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
 import os
 import threading
@@ -32,14 +31,14 @@ from tandem.worker.engine import (
     Usage,
 )
 from tandem.worker.kv_event_sink import KvEventSink
+from tandem.worker.scheduler import Scheduler
 
 from .config import TorchEngineConfig
 from .loader import load_weights, name_from_path, num_kv_blocks
 from .model import LlamaModel
 from .model_config import ModelConfig
-from .runner import ModelRunner
+from .runner import ModelRunner, TorchSequence
 from .sampling import make_generator
-from .scheduler import Scheduler, Sequence, SequenceStatus
 from .streams import Outbox, Stream, deliver, make_output
 
 log = logging.getLogger(__name__)
@@ -72,10 +71,9 @@ class TorchEngine(BaseEngine):
         self.model_config: ModelConfig | None = None
         self._context_length = 0
         self._cv = threading.Condition()
-        self._inbox: list[tuple[str, object]] = []
+        self._inbox: list[tuple[str, TorchSequence]] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._ids = itertools.count()
         self._prefill_time = [0.0, 0]
         self._decode_time = [0.0, 0]
         self._stats = EngineStats(0, 0, 0, 0, 0, 0, 0.0)
@@ -141,7 +139,9 @@ class TorchEngine(BaseEngine):
             num_blocks, self.block_size, self._sink,
             enable_prefix_caching=cfg.enable_prefix_caching,
         )  # fmt: skip
-        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        self.scheduler: Scheduler[TorchSequence] = Scheduler(
+            self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens
+        )
         self.runner = ModelRunner(self.model, num_blocks, self.block_size, cfg.seed)
         limit = model_config.context_length
         if cfg.max_model_len > 0:
@@ -252,17 +252,17 @@ class TorchEngine(BaseEngine):
         if not s.is_greedy and s.seed is not None:
             generator = make_generator(self.config.torch_device, s.seed)
         queue: asyncio.Queue[EngineOutput] = asyncio.Queue()
-        seq = Sequence(
+        seq = TorchSequence(
             request_id=request.request_id,
             token_ids=list(request.token_ids),
             params=s,
             max_new_tokens=max_new,
-            generator=generator,
+            max_len=self._context_length,
+            eos_token_ids=self.eos_token_ids,
             num_generated_before=request.num_generated_before,
-            user=Stream(asyncio.get_running_loop(), queue),
+            stream=Stream(asyncio.get_running_loop(), queue),
+            generator=generator,
         )
-        key = f"{request.request_id}#{next(self._ids)}"
-        seq.request_id = key  # request ids from clients need not be unique
         self._post("add", seq)
         finished = False
         try:
@@ -274,11 +274,11 @@ class TorchEngine(BaseEngine):
                     return
         finally:
             if not finished:
-                self._post("abort", key)
+                self._post("abort", seq)
 
-    def _post(self, kind: str, item: object) -> None:
+    def _post(self, kind: str, seq: TorchSequence) -> None:
         with self._cv:
-            self._inbox.append((kind, item))
+            self._inbox.append((kind, seq))
             self._cv.notify()
 
     # -- engine thread ---------------------------------------------------------
@@ -292,18 +292,16 @@ class TorchEngine(BaseEngine):
                 inbox, self._inbox = self._inbox, []
                 stopping = self._stopping
             outbox: Outbox = []
-            for kind, item in inbox:
-                if kind == "add":
-                    assert isinstance(item, Sequence)
-                    if stopping:
-                        self._finish(item, "abort", outbox)
-                    else:
-                        sched.add(item)
-                else:
-                    sched.abort(str(item))
+            for kind, seq in inbox:
+                if kind == "add" and not stopping:
+                    sched.add(seq)
+                else:  # an abort, or an add that arrived as the engine stops
+                    sched.finish(seq, "abort")
+                    if kind == "add":
+                        self._emit(seq, outbox, finish="abort")
             if stopping:
-                for seq in list(sched.running) + list(sched.waiting):
-                    sched.abort(seq.request_id)
+                for seq in [*sched.running, *sched.waiting]:
+                    sched.finish(seq, "abort")
                     self._emit(seq, outbox, finish="abort")
                 self._stats = self._take_stats()
                 deliver(outbox)
@@ -314,7 +312,6 @@ class TorchEngine(BaseEngine):
                 except Exception as exc:  # the engine must outlive one bad step
                     log.exception("torch engine step failed")
                     for seq in list(sched.running):
-                        sched.running.remove(seq)
                         sched.finish(seq, "error")
                         self._emit(seq, outbox, finish="error", error=str(exc))
             self._stats = self._take_stats()
@@ -326,54 +323,30 @@ class TorchEngine(BaseEngine):
         if not batch:
             if sched.waiting and not sched.running:
                 # Cannot happen with validated requests; never spin on it.
-                seq = sched.waiting.popleft()
+                seq = sched.waiting[0]
                 sched.finish(seq, "error")
                 self._emit(seq, outbox, finish="error", error="request does not fit the KV cache")
             return
         started = time.perf_counter()
-        results = self.runner.step(batch)
+        tokens, logprobs = self.runner.step(batch)
         elapsed = time.perf_counter() - started
         timer = self._prefill_time if batch.prefills else self._decode_time
         timer[0] += elapsed
         timer[1] += 1
-        bm = self.block_manager
-        for seq, _ in batch.prefills:
-            if seq.num_remaining > 0 and seq.table is not None:
-                bm.mark_computed(seq.table, seq.token_ids, seq.num_computed_tokens)
-        for seq, token, logprob in results:
-            seq.token_ids.append(token)
-            assert seq.table is not None
-            bm.mark_computed(seq.table, seq.token_ids, seq.num_computed_tokens)
-            reason = self._stop_reason(seq, token)
-            if reason is not None:
-                sched.finish(seq, reason)
-            self._emit(seq, outbox, token, logprob, finish=reason)
-        sched.remove_finished()
-
-    def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
-        p = seq.params
-        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
-            return "stop"
-        if seq.num_output_tokens >= seq.max_new_tokens:
-            return "length"
-        if len(seq.token_ids) >= self._context_length:
-            return "length"
-        return None
-
-    def _finish(self, seq: Sequence, reason: FinishReason, outbox: Outbox) -> None:
-        seq.status = SequenceStatus.FINISHED
-        self._emit(seq, outbox, finish=reason)
+        sched.postprocess(batch, tokens)
+        for seq, token, logprob in zip(batch.sampled, tokens, logprobs, strict=True):
+            self._emit(seq, outbox, token, logprob, finish=seq.finish_reason)
 
     def _emit(
         self,
-        seq: Sequence,
+        seq: TorchSequence,
         outbox: Outbox,
         token: int | None = None,
         logprob: TokenLogprob | None = None,
         finish: FinishReason | None = None,
         error: str | None = None,
     ) -> None:
-        outbox.append((seq, make_output(seq, token, logprob, finish, error)))
+        outbox.append((seq.stream, make_output(seq, token, logprob, finish, error)))
 
 
 def create_engine(config: TorchEngineConfig, sink: KvEventSink | None) -> BaseEngine:

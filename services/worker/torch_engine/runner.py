@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tandem.worker.engine import TokenLogprob
+from tandem.worker.scheduler import ScheduledBatch
+from tandem.worker.sequence import Sequence
 
 from .model import LlamaModel, PrefillChunk, StepBatch
 from .sampling import SampleRow, make_generator, sample
-from .scheduler import ScheduledBatch, Sequence
+from .streams import Stream
+
+
+@dataclass(slots=True, eq=False, kw_only=True)
+class TorchSequence(Sequence):
+    """A `Sequence` with its own sampling generator (seeded requests) and its output stream."""
+
+    stream: Stream
+    generator: torch.Generator | None = None
 
 
 class ModelRunner:
@@ -21,14 +33,13 @@ class ModelRunner:
         self.generator = make_generator(model.device, seed)
         self.kv_cache = model.allocate_kv_cache(num_blocks, block_size)
 
-    def _build(self, batch: ScheduledBatch) -> tuple[StepBatch, list[Sequence]]:
+    def _build(self, batch: ScheduledBatch[TorchSequence]) -> StepBatch:
         bs = self.block_size
         dev = self.device
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        logits_rows: list[int] = []
-        sampled: list[Sequence] = []
+        logits_rows: list[int] = []  # one per batch.sampled, in its order
 
         decode_tables: list[list[int]] = []
         decode_lens: list[int] = []
@@ -43,7 +54,6 @@ class ModelRunner:
             num_blocks = pos // bs + 1
             decode_tables.append(blocks[:num_blocks])
             decode_lens.append(pos + 1)
-            sampled.append(seq)
 
         chunks: list[PrefillChunk] = []
         for seq, n in batch.prefills:
@@ -65,7 +75,6 @@ class ModelRunner:
             chunks.append(PrefillChunk(offset, n, start, block_ids, mask))
             if end == len(seq.token_ids):
                 logits_rows.append(offset + n - 1)
-                sampled.append(seq)
 
         step = StepBatch(
             input_ids=torch.tensor(input_ids, dtype=torch.long, device=dev),
@@ -83,26 +92,23 @@ class ModelRunner:
             lens = torch.tensor(decode_lens, device=dev)
             visible = (key_pos[None, :] < lens[:, None]).view(len(padded), 1, 1, -1)
             step.decode_mask = self._additive(visible)
-        return step, sampled
+        return step
 
     def _additive(self, visible: torch.Tensor) -> torch.Tensor:
         """Bool mask -> 0 / -inf in the model dtype, built once per step instead of per layer."""
         mask = torch.zeros(visible.shape, dtype=self.model.dtype, device=self.device)
         return mask.masked_fill_(~visible, float("-inf"))
 
-    def step(self, batch: ScheduledBatch) -> list[tuple[Sequence, int, TokenLogprob | None]]:
-        """Run `batch`; (sequence, new token, logprob) for each sequence that reached its end.
+    def step(
+        self, batch: ScheduledBatch[TorchSequence]
+    ) -> tuple[list[int], list[TokenLogprob | None]]:
+        """Run `batch`; the new token (and its logprob) of each of `batch.sampled`.
 
-        Advances every scheduled sequence's `num_computed_tokens`.
+        Progress is the scheduler's to advance (`Scheduler.postprocess`).
         """
-        step, sampled = self._build(batch)
+        step = self._build(batch)
         logits = self.model.forward(step, self.kv_cache)
-        for seq in batch.decodes:
-            seq.num_computed_tokens += 1
-        for seq, n in batch.prefills:
-            seq.num_computed_tokens += n
-        if not sampled:
-            return []
-        rows = [SampleRow(s.params, s.generator or self.generator) for s in sampled]
-        tokens, logprobs = sample(logits, rows)
-        return list(zip(sampled, tokens, logprobs, strict=True))
+        if not batch.sampled:
+            return [], []
+        rows = [SampleRow(s.params, s.generator or self.generator) for s in batch.sampled]
+        return sample(logits, rows)

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from tandem.worker.engine import EngineOutput, FinishReason, TokenLogprob, Usage
-
-from .scheduler import Sequence
-
-Outbox = list[tuple[Sequence, EngineOutput]]
+from tandem.worker.engine import EngineOutput, FinishReason, TokenLogprob
+from tandem.worker.sequence import Sequence
 
 
 @dataclass(slots=True)
@@ -18,6 +15,9 @@ class Stream:
 
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[EngineOutput]
+
+
+Outbox = list[tuple[Stream, EngineOutput]]
 
 
 def make_output(
@@ -33,11 +33,7 @@ def make_output(
         out.logprobs = [logprob]
     if finish is not None:
         out.error = error
-        out.usage = Usage(
-            prompt_tokens=seq.num_prompt_tokens - seq.num_generated_before,
-            completion_tokens=seq.num_generated_before + seq.num_output_tokens,
-            cached_tokens=max(seq.num_cached_tokens, 0),
-        )
+        out.usage = seq.usage()
     return out
 
 
@@ -45,9 +41,7 @@ def deliver(outbox: Outbox) -> None:
     """Hand a step's outputs over: one call_soon_threadsafe per event loop, not per token."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[EngineOutput], EngineOutput]]]
     by_loop = {}
-    for seq, out in outbox:
-        stream = seq.user
-        assert isinstance(stream, Stream)
+    for stream, out in outbox:
         by_loop.setdefault(stream.loop, []).append((stream.queue, out))
     for loop, items in by_loop.items():
         try:

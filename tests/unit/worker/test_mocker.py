@@ -9,8 +9,6 @@ from tandem.runtime.block_hash import sequence_hashes
 from tandem.worker.engine import EngineError, EngineOutput, EngineRequest, SamplingConfig
 from tandem.worker.kv_event_sink import RecordingSink
 from tandem.worker.mocker import MockerConfig, MockerEngine
-from tandem.worker.mocker.scheduler import Scheduler
-from tandem.worker.mocker.sequence import MockSequence
 
 FAST = MockerConfig(speedup_ratio=1000.0, num_kv_blocks=256)
 
@@ -134,46 +132,6 @@ async def test_context_limit_ends_with_length() -> None:
     finally:
         await engine.stop()
     assert len(tokens_of(outs)) == 5 and outs[-1].finish_reason == "length"
-
-
-def make_seq(rid: str, prompt: list[int], max_new: int = 3) -> MockSequence:
-    import random
-
-    return MockSequence(
-        request_id=rid,
-        token_ids=list(prompt),
-        max_len=10_000,
-        num_prompt_tokens=len(prompt),
-        num_generated_before=0,
-        max_new_tokens=max_new,
-        stop_token_ids=frozenset(),
-        vocab_size=1000,
-        banned_ids=frozenset(),
-        rng=random.Random(0),
-    )
-
-
-def test_chunked_prefill_and_continuous_batching() -> None:
-    from tandem.worker.block_manager import BlockManager
-
-    config = replace(FAST, max_num_batched_tokens=32)
-    sched = Scheduler(config, BlockManager(64, 16))
-    long = make_seq("long", list(range(80)))
-    sched.add(long)
-    chunks = []
-    while not long.num_generated:
-        plan = sched.schedule()
-        chunks.append([(s.request_id, n) for s, n in plan.scheduled])
-        sched.complete(plan)
-    assert chunks == [[("long", 32)], [("long", 32)], [("long", 16)]]
-    # A newcomer joins the running batch: decode (1 token) + its prefill in one step.
-    short = make_seq("short", list(range(500, 520)))
-    sched.add(short)
-    plan = sched.schedule()
-    assert [(s.request_id, n) for s, n in plan.scheduled] == [("long", 1), ("short", 20)]
-    assert (plan.num_decode_seqs, plan.num_prefill_tokens) == (1, 20)
-    sched.complete(plan)
-    assert short.num_generated == 1 and long.num_generated == 2
 
 
 def test_step_time_model() -> None:

@@ -1,0 +1,213 @@
+"""Continuous batching: which sequences run in the next engine step, and how many tokens each.
+
+Shared by the torch engine and the mocker, so the mocker batches, chunks and
+preempts exactly like the real engine.
+
+Each step has a token budget (`max_num_batched_tokens`). Running sequences
+that decode come first (one token each), then running prefills continue
+chunk by chunk, then waiting requests are admitted in arrival order while
+batch slots (`max_num_seqs`), blocks (above a watermark kept for growing
+decodes) and budget last. A long prompt is cut into chunks, so it never stalls
+the decodes running beside it. When a decode needs a block and none is free,
+the most recently admitted sequence is preempted: its blocks are released
+(the hashed ones stay in the prefix cache) and it goes back to the head of
+the queue, to be recomputed from its prompt + output so far. Nothing is
+admitted in a step that preempted.
+
+One step is `schedule()`, the engine computes (or simulates) the batch and
+picks one token per `batch.sampled`, then `postprocess()`.
+
+Not thread-safe: only the engine's step loop calls it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from .block_manager import BlockManager
+from .engine import FinishReason
+from .sequence import Sequence, SequenceStatus
+
+S = TypeVar("S", bound=Sequence)
+
+
+@dataclass(slots=True)
+class ScheduledBatch(Generic[S]):
+    """The work of one step: decodes (1 token each) and prefill chunks (seq, num_tokens)."""
+
+    decodes: list[S] = field(default_factory=list)
+    prefills: list[tuple[S, int]] = field(default_factory=list)
+    # Sequences whose last token is computed this step, so they get a new one:
+    # every decode, then each prefill that reaches its end, in that order.
+    sampled: list[S] = field(default_factory=list)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(n for _, n in self.prefills)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.decodes) + self.num_prefill_tokens
+
+    def __bool__(self) -> bool:
+        return bool(self.decodes or self.prefills)
+
+
+class Scheduler(Generic[S]):
+    """Owns the waiting queue and the running batch; allocates blocks through the BlockManager."""
+
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        watermark: float = 0.01,
+    ) -> None:
+        """`watermark`: fraction of the blocks kept free when admitting, so decodes can grow."""
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[S] = deque()
+        self.running: list[S] = []
+        self.num_preemptions = 0
+        self._watermark_blocks = int(watermark * block_manager.num_blocks)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def num_pending_prefill_tokens(self) -> int:
+        waiting = sum(len(s.token_ids) for s in self.waiting)
+        return waiting + sum(s.num_remaining for s in self.running if s.num_remaining > 1)
+
+    def add(self, seq: S) -> None:
+        self.waiting.append(seq)
+
+    def finish(self, seq: S, reason: FinishReason) -> None:
+        """End `seq` wherever it is and free its blocks now; no-op if it already ended."""
+        if seq.status is SequenceStatus.FINISHED:
+            return
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq in self.waiting:  # not there when it never was added
+            self.waiting.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        if seq.table is not None:
+            self.block_manager.free(seq.table)
+            seq.table = None
+
+    # -- one step --------------------------------------------------------------
+
+    def schedule(self) -> ScheduledBatch[S]:
+        batch: ScheduledBatch[S] = ScheduledBatch()
+        budget = self.max_num_batched_tokens
+        scheduled: set[S] = set()
+        preempted = False
+
+        for seq in [s for s in self.running if s.num_remaining == 1]:
+            if budget == 0:
+                break
+            if not seq.is_running:
+                continue  # preempted by a sequence ahead of it in this loop
+            if not self._grow(seq, scheduled):
+                preempted = True
+                continue
+            batch.decodes.append(seq)
+            batch.sampled.append(seq)
+            scheduled.add(seq)
+            budget -= 1
+
+        for seq in self.running:
+            if budget == 0:
+                break
+            if seq in scheduled or not seq.is_running:
+                continue
+            budget -= self._add_prefill(batch, seq, budget)
+
+        while self.waiting and budget > 0 and not preempted:
+            if len(self.running) >= self.max_num_seqs:
+                break
+            seq = self.waiting[0]
+            if not self._admit(seq):
+                break
+            self.waiting.popleft()
+            self.running.append(seq)
+            budget -= self._add_prefill(batch, seq, budget)
+        return batch
+
+    def postprocess(self, batch: ScheduledBatch[S], tokens: list[int]) -> None:
+        """Apply a step that ran: advance each sequence's KV, publish the blocks that filled
+        up, append `tokens` (one per `batch.sampled`), finish the sequences that stop.
+
+        Sequences finished while the step ran (aborted) are skipped.
+        """
+        bm = self.block_manager
+        for seq, n in [*((s, 1) for s in batch.decodes), *batch.prefills]:
+            if seq.is_running:
+                assert seq.table is not None
+                seq.num_computed_tokens += n
+                bm.mark_computed(seq.table, seq.token_ids, seq.num_computed_tokens)
+        for seq, token in zip(batch.sampled, tokens, strict=True):
+            if seq.is_running:
+                reason = seq.append(token)
+                if reason is not None:
+                    self.finish(seq, reason)
+
+    # -- internals -------------------------------------------------------------
+
+    def _add_prefill(self, batch: ScheduledBatch[S], seq: S, budget: int) -> int:
+        n = min(seq.num_remaining, budget)
+        batch.prefills.append((seq, n))
+        if n == seq.num_remaining:
+            batch.sampled.append(seq)
+        return n
+
+    def _admit(self, seq: S) -> bool:
+        bm = self.block_manager
+        need = bm.blocks_for(len(seq.token_ids)) - bm.match_prefix(seq.token_ids)
+        if need > bm.num_available_blocks - self._watermark_blocks and self.running:
+            return False
+        table = bm.allocate_prompt(seq.token_ids)
+        if table is None:
+            return False
+        seq.table = table
+        seq.num_computed_tokens = table.num_cached_tokens
+        if seq.num_cached_tokens < 0:
+            seq.num_cached_tokens = table.num_cached_tokens
+        seq.status = SequenceStatus.RUNNING
+        return True
+
+    def _grow(self, seq: S, scheduled: set[S]) -> bool:
+        """Blocks for `seq`'s next token, preempting later sequences if needed.
+
+        False when `seq` itself had to be preempted.
+        """
+        assert seq.table is not None
+        while not self.block_manager.ensure_capacity(seq.table, len(seq.token_ids)):
+            victim = next(
+                (
+                    s
+                    for s in reversed(self.running)
+                    if s is not seq and s not in scheduled and s.is_running
+                ),
+                seq,
+            )
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def _preempt(self, seq: S) -> None:
+        assert seq.table is not None
+        self.block_manager.free(seq.table)
+        seq.table = None
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.running.remove(seq)
+        self.waiting.appendleft(seq)
