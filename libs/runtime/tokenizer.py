@@ -15,7 +15,9 @@ from __future__ import annotations
 import codecs
 import mmap
 import os
+import re
 import struct
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -214,6 +216,7 @@ class Tokenizer:
         add_bos_token: bool = False,
         chat_template: str | None = None,
         context_length: int | None = None,
+        cache_pieces: bool = False,
     ) -> None:
         self.backend = backend
         self.special_ids = frozenset(special_ids)
@@ -234,6 +237,7 @@ class Tokenizer:
         self.chat_template = (
             ChatTemplate(chat_template, bos_token=bos, eos_token=eos) if chat_template else None
         )
+        self._pieces = _PieceEncoder(backend) if cache_pieces else None
 
     @classmethod
     def from_gguf(cls, path: str, *, chat_template: str | None = None) -> Tokenizer:
@@ -252,6 +256,8 @@ class Tokenizer:
             add_bos_token=data.add_bos_token,
             chat_template=chat_template or data.chat_template,
             context_length=data.context_length,
+            # Our byte-level BPE has no normalizer and no position-dependent pre-tokenizer.
+            cache_pieces=True,
         )
 
     @classmethod
@@ -294,7 +300,10 @@ class Tokenizer:
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`; special-token text (e.g. `<|im_start|>`) maps to its id."""
-        ids: list[int] = self.backend.encode(text, add_special_tokens=False).ids
+        if self._pieces is not None:
+            ids = self._pieces.encode(text)
+        else:
+            ids = self.backend.encode(text, add_special_tokens=False).ids
         if add_special_tokens and self.add_bos_token and self.bos_token_id is not None:
             if not ids or ids[0] != self.bos_token_id:
                 ids.insert(0, self.bos_token_id)
@@ -335,6 +344,56 @@ class Tokenizer:
     def _bytes_of(self, token_id: int) -> bytes:
         # Generic fallback (non byte-level models): what the decoder makes of the token alone.
         return self.backend.decode([token_id], skip_special_tokens=False).encode("utf-8")
+
+
+class _PieceEncoder:
+    """Encodes text piece by piece between added tokens, remembering recent pieces.
+
+    The backend matches added tokens (`<|im_start|>`, ...) first and encodes the
+    text between them independently, so a text's ids are its pieces' ids in
+    order. That holds only without a normalizer or a pre-tokenizer that looks at
+    a piece's position in the whole text (Metaspace "first"), hence opt-in.
+    Chat prompts repeat most pieces between requests (system prompt, role
+    headers); only the new message is encoded afresh.
+    """
+
+    __slots__ = ("_backend", "_split", "_added", "_cache", "_lock")
+
+    MAX_PIECES = 1024
+    MAX_PIECE_CHARS = 4096
+
+    def __init__(self, backend: BackendTokenizer) -> None:
+        self._backend = backend
+        self._added = {t.content: i for i, t in backend.get_added_tokens_decoder().items()}
+        # Longest first: at one position the longest added token wins, as in the backend.
+        alternatives = sorted(self._added, key=len, reverse=True)
+        pattern = "(" + "|".join(map(re.escape, alternatives)) + ")" if alternatives else "(?!)"
+        self._split = re.compile(pattern).split
+        self._cache: dict[str, list[int]] = {}
+        # Long prompts are encoded in a thread: writers must not interleave.
+        self._lock = threading.Lock()
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        cache = self._cache
+        # re.split with one group alternates: text, added token, text, ..., text.
+        for i, piece in enumerate(self._split(text)):
+            if i & 1:
+                ids.append(self._added[piece])
+            elif piece:
+                piece_ids = cache.get(piece)
+                if piece_ids is None:
+                    piece_ids = self._backend.encode(piece, add_special_tokens=False).ids
+                    if len(piece) <= self.MAX_PIECE_CHARS:
+                        self._remember(piece, piece_ids)
+                ids.extend(piece_ids)
+        return ids
+
+    def _remember(self, piece: str, piece_ids: list[int]) -> None:
+        with self._lock:
+            if len(self._cache) >= self.MAX_PIECES:
+                del self._cache[next(iter(self._cache))]  # oldest first
+            self._cache[piece] = piece_ids
 
 
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")

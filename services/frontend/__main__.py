@@ -12,6 +12,7 @@ from tandem.runtime.config import parse_config
 from tandem.runtime.logs import setup_logging
 
 from .config import FrontendConfig
+from .gc_policy import tune_gc
 
 log = logging.getLogger("tandem.frontend")
 
@@ -39,6 +40,7 @@ async def serve(config: FrontendConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(FrontendConfig, argv, prog="tandem frontend")
     setup_logging(config.log_level, component="frontend")
+    tune_gc()
     try:
         import uvloop
 

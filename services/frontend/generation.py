@@ -271,7 +271,7 @@ class Generator:
                 )
             job.num_migrations += 1
             excluded.append(route.instance_id)
-            self._metrics.migrations.labels(model.name).inc()
+            self._metrics.model(model.name).migrations.inc()
             log.warning(
                 "worker %s failed mid-stream (%s) after %d tokens; migrating",
                 route.instance_id,
@@ -359,16 +359,15 @@ class Generator:
 
     def record(self, job: GenerationJob) -> None:
         """Per-request metrics, once, when the request ends."""
-        m = self._metrics
-        name = job.model.name
+        m = self._metrics.model(job.model.name)
         now = time.monotonic()
         num_out = len(job.generated)
-        m.request_duration.labels(name).observe(now - job.arrived)
-        m.input_tokens.labels(name).observe(len(job.prompt_ids))
-        m.output_tokens.labels(name).observe(num_out)
+        m.request_duration.observe(now - job.arrived)
+        m.input_tokens.observe(len(job.prompt_ids))
+        m.output_tokens.observe(num_out)
         if job.first_token_at:
-            m.ttft.labels(name).observe(job.first_token_at - job.arrived)
+            m.ttft.observe(job.first_token_at - job.arrived)
             if num_out > 1:
-                m.itl.labels(name).observe((job.last_token_at - job.first_token_at) / (num_out - 1))
+                m.itl.observe((job.last_token_at - job.first_token_at) / (num_out - 1))
         if job.usage is not None and job.usage.cached_tokens:
-            m.cached_tokens.labels(name).inc(job.usage.cached_tokens)
+            m.cached_tokens.inc(job.usage.cached_tokens)

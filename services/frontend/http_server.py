@@ -52,6 +52,18 @@ _TRACE_HEADERS = ("traceparent", "tracestate")
 _THREAD_TOKENIZE_CHARS = 16_384
 
 
+class _SseResponse(web.StreamResponse):
+    """A streaming response whose headers leave with the first event, in one send.
+
+    `web.StreamResponse` writes its headers in `prepare()`; we always write the
+    first event right after, so deferring them (as `web.Response` does) saves
+    a syscall and a TCP segment per request. The first `write()` flushes the
+    headers even when its data is empty.
+    """
+
+    _send_headers_immediately = False
+
+
 def error_response(exc: FrontendError) -> web.Response:
     return web.json_response(exc.to_dict(), status=exc.status)
 
@@ -177,7 +189,8 @@ class OpenAIServer:
             model = self._model(parsed.model)
             model_label = model.name
             job = await self._make_job(request, model, parsed)
-            self._metrics.inflight.labels(model_label).inc()
+            inflight = self._metrics.model(model_label).inflight
+            inflight.inc()
             try:
                 if parsed.stream:
                     response = await self._stream(request, job, parsed)
@@ -186,18 +199,18 @@ class OpenAIServer:
                 status = "success"
                 return response
             finally:
-                self._metrics.inflight.labels(model_label).dec()
+                inflight.dec()
                 self._generator.record(job)
         except asyncio.CancelledError:
             status = "cancelled"
             if model_label:
-                self._metrics.disconnects.labels(model_label).inc()
+                self._metrics.model(model_label).disconnects.inc()
             raise
         except FrontendError as exc:
             status = str(exc.status)
             raise
         finally:
-            self._metrics.requests.labels(endpoint, model_label, status).inc()
+            self._metrics.count_request(endpoint, model_label, status)
 
     async def _make_job(
         self,
@@ -296,7 +309,7 @@ class OpenAIServer:
         # Wait for the first output before committing to 200, so "no worker" is a real 503.
         async with contextlib.aclosing(outputs):
             first = await anext(outputs, None)
-            response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+            response = _SseResponse(status=200, headers=_SSE_HEADERS)
             await response.prepare(request)
             _set_nodelay(request)
             head = renderer.first()
@@ -316,20 +329,20 @@ class OpenAIServer:
                 while out is not None:
                     data += renderer.step(out)
                     if out.finish_reason is not None:
-                        break  # the last tokens, usage and [DONE] go out in one write
+                        break  # the last tokens, usage, [DONE] and the end of the body: one write
                     await response.write(data)
                     data = b""
                     out = await anext(outputs, None)
                 if parsed.stream_options.include_usage:
                     data += renderer.usage(self._generator.usage_of(job))
-                await response.write(data + DONE)
+                await response.write_eof(data + DONE)
             except FrontendError as exc:
                 # Headers are sent: the error travels as an event, as OpenAI does mid-stream.
                 log.warning("stream failed: %s", exc.message, extra={"request_id": job.request_id})
-                await response.write(error_event(exc.to_dict()) + DONE)
+                await response.write_eof(error_event(exc.to_dict()) + DONE)
             except ConnectionResetError:
                 # The client went away between writes; closing `outputs` cancels the worker stream.
-                self._metrics.disconnects.labels(job.model.name).inc()
+                self._metrics.model(job.model.name).disconnects.inc()
         return response
 
 

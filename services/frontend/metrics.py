@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tandem.runtime.metrics import MetricsFactory
 
 _TOKEN_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
@@ -24,6 +26,21 @@ _ITL_BUCKETS = (
     0.5,
     1.0,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetrics:
+    """One model's metric children, bound once: `labels()` costs a lock and a dict lookup."""
+
+    inflight: Gauge
+    ttft: Histogram
+    itl: Histogram
+    request_duration: Histogram
+    input_tokens: Histogram
+    output_tokens: Histogram
+    cached_tokens: Counter
+    migrations: Counter
+    disconnects: Counter
 
 
 class FrontendMetrics:
@@ -74,3 +91,30 @@ class FrontendMetrics:
             "Streams cancelled because the client went away.",
             ("model",),
         )
+        self._models: dict[str, ModelMetrics] = {}
+        self._requests: dict[tuple[str, str, str], Counter] = {}
+
+    def model(self, name: str) -> ModelMetrics:
+        """The metric children labelled with model `name` (bound on first use)."""
+        bound = self._models.get(name)
+        if bound is None:
+            bound = self._models[name] = ModelMetrics(
+                inflight=self.inflight.labels(name),
+                ttft=self.ttft.labels(name),
+                itl=self.itl.labels(name),
+                request_duration=self.request_duration.labels(name),
+                input_tokens=self.input_tokens.labels(name),
+                output_tokens=self.output_tokens.labels(name),
+                cached_tokens=self.cached_tokens.labels(name),
+                migrations=self.migrations.labels(name),
+                disconnects=self.disconnects.labels(name),
+            )
+        return bound
+
+    def count_request(self, endpoint: str, model: str, status: str) -> None:
+        """One finished HTTP request (`requests_total`)."""
+        key = (endpoint, model, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(endpoint, model, status)
+        child.inc()

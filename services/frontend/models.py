@@ -27,6 +27,7 @@ from tandem.runtime.model_card import ModelCard, default_model_path
 from tandem.runtime.tokenizer import Tokenizer
 
 from .config import FrontendConfig
+from .gc_policy import freeze_heap
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,8 @@ class ModelRegistry:
             router = make_router(self._config, workers, self._messaging, self._discovery, registry)
         await router.start()
         self._models[card.name] = ServedModel(card.name, card, tokenizer, workers, router)
+        # The tokenizer tables and router state live as long as the process.
+        freeze_heap()
         log.info(
             "serving model %s (%d workers, router %s)",
             card.name,
