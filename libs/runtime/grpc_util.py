@@ -31,6 +31,9 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     # Clients ping every 10 s; allow it rather than answering GOAWAY "too_many_pings".
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC sets SO_REUSEPORT by default: a second process would then silently share
+    # a fixed port (and half the traffic) instead of failing to start.
+    ("grpc.so_reuseport", 0),
 ]
 
 

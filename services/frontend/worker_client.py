@@ -8,22 +8,11 @@ import logging
 from typing import TypeAlias
 
 import grpc
+from tandem.runtime.grpc_util import create_channel
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_CHANNEL_OPTIONS = [
-    # A dead worker must be noticed in seconds, not after TCP's minutes.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    # Each endpoint gets its own channel; do not let gRPC share subchannels across them.
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-]
 
 GenerateCall: TypeAlias = grpc.aio.UnaryStreamCall
 
@@ -38,7 +27,7 @@ class WorkerClientPool:
     def stub(self, endpoint: str) -> worker_pb2_grpc.WorkerStub:
         stub = self._stubs.get(endpoint)
         if stub is None:
-            channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+            channel = create_channel(endpoint)
             self._channels[endpoint] = channel
             stub = self._stubs[endpoint] = worker_pb2_grpc.WorkerStub(channel)
         return stub

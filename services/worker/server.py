@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 from tandem.runtime.discovery import Discovery, InstanceInfo, model_key
+from tandem.runtime.grpc_util import start_server
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
 from tandem.runtime.model_card import ModelCard
@@ -81,10 +82,11 @@ class WorkerServer:
         self.publisher.start()
         await self.engine.start()
 
-        self._grpc = grpc.aio.server()
-        worker_pb2_grpc.add_WorkerServicer_to_server(self.service, self._grpc)
-        port = self._grpc.add_insecure_port(f"{cfg.host}:{cfg.port}")
-        await self._grpc.start()
+        self._grpc, port = await start_server(
+            lambda server: worker_pb2_grpc.add_WorkerServicer_to_server(self.service, server),
+            cfg.host,
+            cfg.port,
+        )
         self._http = await serve_metrics(self.metrics.registry, cfg.host, cfg.metrics_port)
         metrics_port = self._http.addresses[0][1]
         endpoints = Endpoints(f"{cfg.endpoint_host}:{port}", f"{cfg.endpoint_host}:{metrics_port}")

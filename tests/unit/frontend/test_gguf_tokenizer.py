@@ -138,3 +138,15 @@ def test_metadata_reader_agrees_with_gguf_package() -> None:
         == bytes(fields["tokenizer.chat_template"].parts[-1]).decode()
     )
     assert ours["llama.context_length"] == 8192
+
+
+def test_piece_cache_encodes_exactly_like_the_backend(tokenizer: Tokenizer) -> None:
+    """Encoding piece by piece (with remembered pieces) must equal one backend encode."""
+    rng = random.Random(7)
+    parts = ["<|im_start|>", "<|im_end|>", "<|im_", "start|>", "system\n", "user", "\n", " ",
+             "Paris", "héllo wörld", "数字", "🙂", "  indented", "a" * 40, "\t", "'s", "123"]  # fmt: skip
+    for _ in range(400):
+        text = "".join(rng.choice(parts) for _ in range(rng.randrange(1, 12)))
+        expected = tokenizer.backend.encode(text, add_special_tokens=False).ids
+        assert tokenizer.encode(text) == expected, text
+        assert tokenizer.encode(text) == expected, text  # again, now from remembered pieces
