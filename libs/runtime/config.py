@@ -175,3 +175,8 @@ class RuntimeConfig:
     nats: str = option("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated.")
     etcd: str = option("http://127.0.0.1:2379", "etcd endpoint(s), comma-separated.")
     log_level: str = option("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    otel_exporter: str = option(
+        "none",
+        "OpenTelemetry span exporter: none (trace context is still passed on) or console (JSON on stdout).",
+        choices=("none", "console"),
+    )

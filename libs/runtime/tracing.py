@@ -4,10 +4,10 @@ One request is one trace: the frontend starts a span per HTTP request and
 injects its context into gRPC metadata; the worker extracts it and parents
 its own span on it. NATS messages carry the same headers.
 
-`setup_tracing` installs a TracerProvider per process. Spans are exported to
-stderr as JSON lines with `--otel-exporter console`; with the default `none`
-they are created (context still propagates, ids still appear in logs) but not
-exported.
+`setup_tracing` installs a TracerProvider per process. With
+`--otel-exporter console` every request gets a span in the frontend and in the
+worker, printed as JSON on stdout; with the default `none` no spans are made,
+and a client's `traceparent` is still passed through to the worker unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ def setup_tracing(service_name: str, exporter: str = "none") -> trace.Tracer:
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
     return trace.get_tracer(service_name)
+
+
+def tracer_for(service_name: str, exporter: str) -> trace.Tracer | None:
+    """A tracer when spans are exported; None (no per-request span cost) when they are not."""
+    return None if exporter == "none" else setup_tracing(service_name, exporter)
 
 
 def context_to_metadata() -> list[tuple[str, str]]:

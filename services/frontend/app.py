@@ -7,6 +7,7 @@ import logging
 
 from tandem.runtime.discovery import Discovery
 from tandem.runtime.messaging import Messaging
+from tandem.runtime.tracing import tracer_for
 
 from .config import FrontendConfig
 from .generation import Generator
@@ -39,7 +40,8 @@ class Frontend:
             self.metrics.registry,
             on_worker_removed=self.generator.on_worker_removed,
         )
-        self.server = OpenAIServer(self.models, self.generator, self.metrics)
+        tracer = tracer_for("tandem-frontend", config.otel_exporter)
+        self.server = OpenAIServer(self.models, self.generator, self.metrics, tracer)
 
     @property
     def url(self) -> str:

@@ -11,7 +11,9 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.trace import SpanKind, Tracer
 from tandem.runtime.metrics import metrics_handler
+from tandem.runtime.tracing import context_from_metadata, context_to_metadata
 
 from .errors import (
     FrontendError,
@@ -98,8 +100,13 @@ class OpenAIServer:
     """Owns the aiohttp application serving the OpenAI API, /health and /metrics."""
 
     def __init__(
-        self, models: ModelRegistry, generator: Generator, metrics: FrontendMetrics
+        self,
+        models: ModelRegistry,
+        generator: Generator,
+        metrics: FrontendMetrics,
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer
         self._models = models
         self._generator = generator
         self._metrics = metrics
@@ -177,6 +184,16 @@ class OpenAIServer:
         return await self._handle(request, "completions")
 
     async def _handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        if self._tracer is None:
+            return await self._serve(request, endpoint)
+        # One request is one trace: parented on the client's traceparent, if any.
+        parent = context_from_metadata(request.headers)
+        with self._tracer.start_as_current_span(
+            f"POST /v1/{endpoint}", context=parent, kind=SpanKind.SERVER
+        ):
+            return await self._serve(request, endpoint)
+
+    async def _serve(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         model_label = ""
         status = "error"
         try:
@@ -235,7 +252,9 @@ class OpenAIServer:
         request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         job = make_job(request_id, model, prompt_ids, parsed.sampling)
         headers = request.headers
-        if "traceparent" in headers:
+        if self._tracer is not None:
+            job.trace_metadata = tuple(context_to_metadata())  # our span's context
+        elif "traceparent" in headers:
             job.trace_metadata = tuple(
                 (name, headers[name]) for name in _TRACE_HEADERS if name in headers
             )

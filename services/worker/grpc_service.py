@@ -7,6 +7,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+from opentelemetry.trace import SpanKind, Tracer
+from tandem.runtime.tracing import context_from_metadata
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
 from .engine import BaseEngine, EngineError, EngineOutput, EngineRequest, SamplingConfig
@@ -82,7 +84,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         publisher: KvEventPublisher,
         metrics: WorkerMetrics,
         on_load_change: Callable[[], None] = lambda: None,
+        tracer: Tracer | None = None,
     ) -> None:
+        self.tracer = tracer
         self.instance_id = instance_id
         self.engine = engine
         self.publisher = publisher
@@ -101,6 +105,19 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 f"model {request.model!r} is not served here ({self.engine.model_name!r})",
             )
         extra = {"request_id": request.request_id, "instance_id": self.instance_id}
+        span = (
+            None
+            if self.tracer is None
+            else self.tracer.start_span(
+                "Worker.Generate",
+                context=context_from_metadata(context.invocation_metadata()),
+                kind=SpanKind.SERVER,
+                attributes={
+                    "tandem.request_id": request.request_id,
+                    "tandem.instance_id": self.instance_id,
+                },
+            )
+        )
         start = time.monotonic()
         first = True
         finish = "abort"
@@ -131,6 +148,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 await aclose()  # on cancel: the engine aborts and frees blocks now
             m.in_flight.dec()
             m.requests.labels(finish).inc()
+            if span is not None:
+                span.set_attribute("tandem.finish_reason", finish)
+                span.end()
             m.request_latency.observe(time.monotonic() - start)
             self._on_load_change()
 

@@ -24,6 +24,7 @@ from tandem.runtime.grpc_util import start_server
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
 from tandem.runtime.model_card import ModelCard
+from tandem.runtime.tracing import tracer_for
 from tandem.runtime.wire import worker_pb2_grpc
 
 from .config import WorkerConfig
@@ -68,7 +69,12 @@ class WorkerServer:
             interval=config.load_report_interval,
         )
         self.service = WorkerService(
-            self.instance_id, self.engine, self.publisher, self.metrics, self.reporter.poke
+            self.instance_id,
+            self.engine,
+            self.publisher,
+            self.metrics,
+            self.reporter.poke,
+            tracer=tracer_for("tandem-worker", config.otel_exporter),
         )
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None

@@ -135,11 +135,16 @@ class Cluster:
 
 
 def post(
-    url: str, body: bytes | dict[str, Any], timeout: float = 30.0
+    url: str,
+    body: bytes | dict[str, Any],
+    timeout: float = 30.0,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """POST raw bytes or JSON; (status, parsed JSON body) for any status."""
+    """POST raw bytes or JSON (with extra headers); (status, parsed JSON body) for any status."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.load(resp)
