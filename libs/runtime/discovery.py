@@ -24,6 +24,8 @@ from typing import Any, Literal
 import grpc
 from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 
+from .tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 Role = Literal["aggregated", "prefill", "decode"]
@@ -133,10 +135,7 @@ class Discovery:
         """Stop views and keepalive, revoke the lease (so registrations vanish at once)."""
         for view in list(self._views):
             await view.close()
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lease_task
+        await cancel_and_wait(self._lease_task)
         if self._lease_id is not None and self._client.lease is not None:
             with contextlib.suppress(*_ETCD_ERRORS):
                 await self._client.lease.revoke(self._lease_id, timeout=2)
@@ -287,11 +286,8 @@ class InstanceSet:
         return self
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         with contextlib.suppress(ValueError):
             self._discovery._views.remove(self)
 

@@ -43,6 +43,7 @@ class Messaging:
         self.name = name
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
+        self._closing = False
 
     @property
     def nc(self) -> NatsClient:
@@ -58,7 +59,8 @@ class Messaging:
 
     async def connect(self, timeout: float = 10.0) -> None:
         async def on_disconnect() -> None:
-            log.warning("nats disconnected; reconnecting")
+            if not self._closing:  # a drain on close disconnects too: not news
+                log.warning("nats disconnected; reconnecting")
 
         async def on_reconnect() -> None:
             log.info("nats reconnected to %s", self._nc.connected_url if self._nc else "?")
@@ -80,6 +82,7 @@ class Messaging:
         self._js = self._nc.jetstream()
 
     async def close(self) -> None:
+        self._closing = True
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await self._nc.drain()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import grpc
 from tandem.runtime import subjects
 from tandem.runtime.grpc_util import create_channel
+from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 from tandem.runtime.wire.kv_events_pb2 import KvEvent
 
@@ -149,9 +150,7 @@ class KvEventFollower:
                 await self._subscription.unsubscribe()
             self._subscription = None
         for task in list(self._recovering.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()

@@ -17,6 +17,7 @@ import threading
 from collections import deque
 from typing import Protocol
 
+from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.wire.kv_events_pb2 import BlocksRemoved, BlocksStored, KvEvent, StoredBlock
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,7 @@ class KvEventPublisher:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
                 await self.flush()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         self._task = None
 
     async def flush(self) -> None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
 
 from .engine import EngineStats
@@ -44,11 +45,8 @@ class LoadReporter:
         self._task = asyncio.create_task(self._run(), name="load-reporter")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def poke(self) -> None:
         self._changed.set()

@@ -10,7 +10,6 @@ flight, then the engine stops and the queued KV events are flushed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
@@ -24,6 +23,7 @@ from tandem.runtime.grpc_util import start_server
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
 from tandem.runtime.model_card import ModelCard
+from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.tracing import tracer_for
 from tandem.runtime.wire import worker_pb2_grpc
 
@@ -128,10 +128,7 @@ class WorkerServer:
     async def stop(self) -> None:
         log.info("worker stopping", extra={"instance_id": self.instance_id})
         self.service.ready = False
-        if self._card_task is not None:
-            self._card_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._card_task
+        await cancel_and_wait(self._card_task)
         await self.discovery.close()  # revokes the lease: routers drop us at once
         await self.reporter.stop()
         if self._grpc is not None:

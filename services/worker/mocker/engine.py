@@ -12,12 +12,12 @@ what load tests want. `stop_token_ids` are honoured if drawn.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
 from tandem.runtime.model_card import ModelCard
+from tandem.runtime.tasks import cancel_and_wait
 
 from ..block_manager import BlockManager
 from ..engine import BaseEngine, EngineError, EngineOutput, EngineRequest, EngineStats
@@ -72,11 +72,8 @@ class MockerEngine(BaseEngine):
             self._task = asyncio.create_task(self._run(), name="mocker-steps")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         sched = self.scheduler
         for seq in [*sched.running, *sched.waiting]:
             sched.finish(seq, "abort")
