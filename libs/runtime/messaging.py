@@ -15,7 +15,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, RetentionPolicy, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
 from nats.js.errors import BadRequestError
 
 from . import subjects
@@ -124,21 +124,18 @@ class Messaging:
             event.ParseFromString(msg.data)
             await handler(event, msg.metadata.sequence.stream)
 
-        kwargs = (
-            {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "config": None}
-            if start_sequence
-            else {"deliver_policy": DeliverPolicy.ALL}
-        )
         if start_sequence:
-            from nats.js.api import ConsumerConfig
-
-            kwargs["config"] = ConsumerConfig(opt_start_seq=start_sequence)
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_sequence
+            )
+        else:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
         return await self.js.subscribe(
             subjects.kv_subjects_all(self.namespace),
             cb=on_msg,
             ordered_consumer=True,
             stream=subjects.kv_stream(self.namespace),
-            **kwargs,
+            config=config,
         )
 
     # -- load metrics ----------------------------------------------------------
