@@ -102,7 +102,7 @@ def config_from_namespace(
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         if not field.init:
             continue
         given = getattr(namespace, field.name, None)

@@ -313,9 +313,10 @@ class InstanceSet:
                 await self._replace(listed)
                 self._synced.set()
                 revision = resp.header.revision + 1
+                assert client.watch is not None  # connected in Discovery.start()
                 async for watch_resp in client.watch.watch(
                     self._prefix, range_end=end, start_revision=revision
-                ):  # type: ignore[union-attr]
+                ):
                     if watch_resp.canceled:
                         break
                     for event in watch_resp.events:

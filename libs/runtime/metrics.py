@@ -68,11 +68,15 @@ def metrics_handler(registry: CollectorRegistry):  # type: ignore[no-untyped-def
     return handle
 
 
+async def _health(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
 async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> web.AppRunner:
     """A small HTTP server with `/metrics` (and `/health`) for services that have no HTTP API."""
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler(registry))
-    app.router.add_get("/health", lambda _r: web.json_response({"status": "ok"}))
+    app.router.add_get("/health", _health)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
