@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import urllib.request
@@ -114,6 +115,7 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        worker_args = _with_thread_share(config, worker_args)
         for i in range(config.workers):
             args = ["--engine", config.engine, *common, *worker_args]
             await supervisor.start(ChildSpec.python_module(f"worker-{i}", "tandem.worker", args))
@@ -142,6 +144,20 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
         if infra is not None:
             await asyncio.to_thread(infra.stop)
         log.info("stopped")
+
+
+def _with_thread_share(config: UpConfig, worker_args: list[str]) -> list[str]:
+    """Torch workers on one machine split its cores unless told otherwise.
+
+    Each torch worker would otherwise use every core, and N of them would
+    fight over the same cores (slower than one worker with all of them).
+    """
+    if config.engine != "torch" or any(a.startswith("--num-threads") for a in worker_args):
+        return worker_args
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    return [*worker_args, "--num-threads", str(max(1, cores // max(1, config.workers)))]
 
 
 def _usage() -> str:

@@ -2,7 +2,9 @@
 
 Used by `tandem up` when no --nats/--etcd is given, and by the test fixtures.
 Each server gets its own data directory and is stopped (and its directory
-removed unless `keep_data`) by `stop()`.
+removed unless `keep_data`) by `stop()`. They run in a session of their own, so
+a Ctrl-C at the terminal reaches the services first; nats and etcd are stopped
+last, once the services have deregistered and closed their connections.
 """
 
 from __future__ import annotations
@@ -84,14 +86,18 @@ class ManagedServer:
         """Start the same server again on the same port and data (after `stop()`)."""
         self.stop()
         with open(self.log_path, "ab") as log_file:
-            self.proc = subprocess.Popen(self.argv, stdout=log_file, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
 
 
 def _spawn(name: str, argv: list[str], data_dir: Path, port: int, timeout: float) -> ManagedServer:
     log_path = data_dir / f"{name}.log"
     with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = ManagedServer(name, proc, data_dir, port, log_path, argv)
     try:
         wait_for_port("127.0.0.1", port, timeout, proc)
