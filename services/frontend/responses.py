@@ -69,7 +69,29 @@ def completion_logprobs(
     }
 
 
-class ChatStream:
+class _SseStream:
+    """What chat and text completion streams render alike: the final event and the usage event."""
+
+    _head: str
+
+    def _final(self, empty_choice: str, finish_reason: str, usage: Usage | None) -> str:
+        """The event carrying `finish_reason` (and usage, when asked), after a choice with no text."""
+        usage_part = f',"usage":{_dumps(usage_dict(usage))}' if usage is not None else ""
+        return (
+            self._head
+            + empty_choice
+            + ',"logprobs":null,"finish_reason":'
+            + _json_str(finish_reason)
+            + "}]"
+            + usage_part
+            + "}\n\n"
+        )
+
+    def usage(self, usage: Usage) -> bytes:
+        return (self._head + "[]," + f'"usage":{_dumps(usage_dict(usage))}' + "}\n\n").encode()
+
+
+class ChatStream(_SseStream):
     """Renders one chat completion's SSE events."""
 
     def __init__(
@@ -114,22 +136,11 @@ class ChatStream:
             if piece:
                 events.append(prefix + _json_str(piece) + suffix)
         if out.finish_reason is not None:
-            usage_part = f',"usage":{_dumps(usage_dict(usage))}' if usage is not None else ""
-            events.append(
-                self._head
-                + '[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
-                + _json_str(out.finish_reason)
-                + "}]"
-                + usage_part
-                + "}\n\n"
-            )
+            events.append(self._final('[{"index":0,"delta":{}', out.finish_reason, usage))
         return "".join(events).encode()
 
-    def usage(self, usage: Usage) -> bytes:
-        return (self._head + "[]," + f'"usage":{_dumps(usage_dict(usage))}' + "}\n\n").encode()
 
-
-class CompletionStream:
+class CompletionStream(_SseStream):
     """Renders one text completion's SSE events."""
 
     def __init__(
@@ -176,19 +187,8 @@ class CompletionStream:
                 self._offset += len(piece)
                 events.append(prefix + _json_str(piece) + suffix)
         if out.finish_reason is not None:
-            usage_part = f',"usage":{_dumps(usage_dict(usage))}' if usage is not None else ""
-            events.append(
-                self._head
-                + '[{"index":0,"text":"","logprobs":null,"finish_reason":'
-                + _json_str(out.finish_reason)
-                + "}]"
-                + usage_part
-                + "}\n\n"
-            )
+            events.append(self._final('[{"index":0,"text":""', out.finish_reason, usage))
         return "".join(events).encode()
-
-    def usage(self, usage: Usage) -> bytes:
-        return (self._head + "[]," + f'"usage":{_dumps(usage_dict(usage))}' + "}\n\n").encode()
 
 
 def error_event(error: dict[str, Any]) -> bytes:

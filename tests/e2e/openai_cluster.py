@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.request
 import uuid
@@ -16,10 +15,14 @@ from tandem.runtime.local_infra import LocalInfra, free_port
 from tandem.runtime.model_card import DEFAULT_MODEL_NAME, default_model_path
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
-from tests.support.processes import ServiceProcess
+from tests.support.processes import (
+    ServiceProcess,
+    infra_flags,
+    spawn_mocker_worker,
+    worker_ready,
+)
 
 MODEL = DEFAULT_MODEL_NAME
-_READY = re.compile(r"worker ready instance_id=(\S+) endpoint=(\S+)")
 
 
 @dataclass
@@ -51,41 +54,19 @@ class Cluster:
         return f"http://127.0.0.1:{self.port}"
 
     def common_flags(self) -> list[str]:
-        return [
-            "--nats",
-            self.infra.nats_url,
-            "--etcd",
-            self.infra.etcd_url,
-            "--namespace",
-            self.namespace,
-        ]
+        return infra_flags(self.infra, self.namespace)
 
     def start_workers(self, count: int, speedup: float = 100.0, *extra: str) -> list[Worker]:
         procs = [
-            ServiceProcess(
-                "tandem.worker",
-                [
-                    "--engine",
-                    "mocker",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--speedup-ratio",
-                    str(speedup),
-                    *self.common_flags(),
-                    *extra,
-                ],
-                self.log_dir,
+            spawn_mocker_worker(
+                self.infra, self.namespace, self.log_dir, "--speedup-ratio", str(speedup), *extra
             )
             for _ in range(count)
         ]
         started = []
         for proc in procs:
-            proc.wait_log("worker ready", timeout=60)
-            match = _READY.search(proc.log_text())
-            assert match, proc.log_text()
-            started.append(Worker(proc, *match.groups()))
+            instance_id, endpoint, _ = worker_ready(proc, timeout=60)
+            started.append(Worker(proc, instance_id, endpoint))
         self.workers.extend(started)
         return started
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 from tandem.runtime.local_infra import LocalInfra, free_port, start_etcd, start_nats
 
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, infra_flags, spawn_mocker_worker
 
 
 def _pid_alive(pid: int) -> bool:
@@ -84,18 +84,9 @@ def private_infra(tmp_path: Path) -> Iterator[LocalInfra]:
 async def test_etcd_outage_of_30s_loses_no_request(
     private_infra: LocalInfra, log_dir: Path
 ) -> None:
-    common = [
-        "--nats",
-        private_infra.nats_url,
-        "--etcd",
-        private_infra.etcd_url,
-        "--namespace",
-        "outage",
-    ]
+    common = infra_flags(private_infra, "outage")
     workers = [
-        ServiceProcess(
-            "tandem.worker", ["--engine", "mocker", "--speedup-ratio", "4", *common], log_dir
-        )
+        spawn_mocker_worker(private_infra, "outage", log_dir, "--speedup-ratio", "4")
         for _ in range(2)
     ]
     port = free_port()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from collections import Counter
@@ -24,10 +23,9 @@ from tandem.runtime.local_infra import LocalInfra
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, spawn_mocker_worker, worker_ready
 
 BS = 16
-READY = re.compile(r"worker ready instance_id=(\S+) endpoint=(\S+)")
 
 
 @dataclass
@@ -38,38 +36,14 @@ class WorkerProc:
 
 
 def spawn_worker(infra: LocalInfra, namespace: str, log_dir: Path, *extra: str) -> ServiceProcess:
-    return ServiceProcess(
-        "tandem.worker",
-        [
-            "--engine",
-            "mocker",
-            "--nats",
-            infra.nats_url,
-            "--etcd",
-            infra.etcd_url,
-            "--namespace",
-            namespace,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--speedup-ratio",
-            "20",
-            "--load-report-interval",
-            "0.2",
-            *extra,
-        ],
-        log_dir,
+    return spawn_mocker_worker(
+        infra, namespace, log_dir, "--speedup-ratio", "20", "--load-report-interval", "0.2", *extra
     )
 
 
 def wait_ready(proc: ServiceProcess) -> WorkerProc:
-    proc.wait_log("worker ready", timeout=90)
-    match = READY.search(proc.log_text())
-    assert match, proc.log_text()
-    return WorkerProc(proc, *match.groups())
+    instance_id, endpoint, _ = worker_ready(proc)
+    return WorkerProc(proc, instance_id, endpoint)
 
 
 def start_workers(

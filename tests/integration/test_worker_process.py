@@ -22,9 +22,7 @@ from tandem.runtime.messaging import Messaging
 from tandem.runtime.model_card import ModelCard
 from tandem.runtime.wire import kv_events_pb2, worker_pb2, worker_pb2_grpc
 
-from tests.support.processes import ServiceProcess
-
-READY = re.compile(r"worker ready instance_id=(\S+) endpoint=(\S+) metrics=(\S+)")
+from tests.support.processes import ServiceProcess, spawn_mocker_worker, worker_ready
 
 
 @dataclass
@@ -37,33 +35,8 @@ class Worker:
 
 
 def start_worker(infra: LocalInfra, namespace: str, log_dir: Path, *extra: str) -> Worker:
-    proc = ServiceProcess(
-        "tandem.worker",
-        [
-            "--engine",
-            "mocker",
-            "--nats",
-            infra.nats_url,
-            "--etcd",
-            infra.etcd_url,
-            "--namespace",
-            namespace,
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--speedup-ratio",
-            "100",
-            *extra,
-        ],
-        log_dir,
-    )
-    proc.wait_log("worker ready", timeout=60)
-    match = READY.search(proc.log_text())
-    assert match, proc.log_text()
-    return Worker(proc, namespace, *match.groups())
+    proc = spawn_mocker_worker(infra, namespace, log_dir, "--speedup-ratio", "100", *extra)
+    return Worker(proc, namespace, *worker_ready(proc, timeout=60))
 
 
 async def wait_until(

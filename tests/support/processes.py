@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from tandem.runtime.local_infra import LocalInfra
 
 
 class ServiceProcess:
@@ -89,3 +92,29 @@ class ServiceProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+_WORKER_READY = re.compile(r"worker ready instance_id=(\S+) endpoint=(\S+) metrics=(\S+)")
+
+
+def infra_flags(infra: LocalInfra, namespace: str) -> list[str]:
+    """The flags that point a service at `infra`, in `namespace`."""
+    return ["--nats", infra.nats_url, "--etcd", infra.etcd_url, "--namespace", namespace]
+
+
+def spawn_mocker_worker(
+    infra: LocalInfra, namespace: str, log_dir: Path, *extra: str
+) -> ServiceProcess:
+    """A mocker worker on loopback with free ports; `extra` flags come last and win."""
+    args = ["--engine", "mocker", *infra_flags(infra, namespace), "--host", "127.0.0.1",
+            "--port", "0", "--metrics-port", "0", *extra]  # fmt: skip
+    return ServiceProcess("tandem.worker", args, log_dir)
+
+
+def worker_ready(proc: ServiceProcess, timeout: float = 90.0) -> tuple[str, str, str]:
+    """Wait for the worker's ready line; its (instance_id, gRPC endpoint, metrics address)."""
+    proc.wait_log("worker ready", timeout=timeout)
+    match = _WORKER_READY.search(proc.log_text())
+    assert match, proc.log_text()
+    instance_id, endpoint, metrics = match.groups()
+    return instance_id, endpoint, metrics

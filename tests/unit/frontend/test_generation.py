@@ -19,6 +19,8 @@ from tandem.runtime.model_card import ModelCard, default_model_path
 from tandem.runtime.tokenizer import Tokenizer
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
+from tests.support.fake_worker import serve_worker
+
 LENGTH = worker_pb2.FINISH_REASON_LENGTH
 
 
@@ -94,12 +96,9 @@ async def servers() -> AsyncIterator[Any]:
     started: list[grpc.aio.Server] = []
 
     async def serve(worker: FakeWorker) -> str:
-        server = grpc.aio.server()
-        worker_pb2_grpc.add_WorkerServicer_to_server(worker, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        server, endpoint = await serve_worker(worker)
         started.append(server)
-        return f"127.0.0.1:{port}"
+        return endpoint
 
     yield serve
     for server in started:

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
 from tandem.router.kv_event_follower import KvEventFollower
 from tandem.router.radix_index import RadixIndex
 from tandem.runtime.wire import kv_events_pb2 as kv
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
+
+from tests.support.fake_worker import serve_worker
 
 
 def stored(worker: str, event_id: int, hashes: list[int], parent: int | None = None) -> kv.KvEvent:
@@ -53,12 +54,9 @@ async def fake_worker_server():
     servers = []
 
     async def start(servicer: FakeWorker) -> str:
-        server = grpc.aio.server()
-        worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        server, endpoint = await serve_worker(servicer)
         servers.append(server)
-        return f"127.0.0.1:{port}"
+        return endpoint
 
     yield start
     for server in servers:
