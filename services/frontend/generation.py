@@ -1,7 +1,7 @@
-"""One request's generation: route -> Worker.Generate stream -> detokenize -> stop strings.
+"""One request's generation: route -> worker stream -> detokenize -> stop strings.
 
-`Generator.stream(job)` yields a `StepOutput` per worker message (one text
-piece per token) and handles, in one place: the router contract
+`Generator.stream(job)` yields a `StepOutput` per batch of tokens the worker
+sent since the previous one (one text piece per token) and handles, in one place: the router contract
 (`prefill_done` at the first token, `free` when an attempt ends), stop
 strings, and migration: when the worker's stream breaks (the worker died, or
 left etcd), the request moves to another worker with the tokens generated so
@@ -32,7 +32,7 @@ from .metrics import FrontendMetrics
 from .models import ServedModel
 from .openai_schema import SamplingOptions
 from .stop_strings import StopStringMatcher
-from .worker_client import GenerateCall, WorkerClientPool
+from .worker_client import RequestStream, WorkerClientPool, WorkerStreamError
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,13 @@ class GenerationJob:
 
 
 class _Attempt:
-    """One Generate call on one worker; `lost` is set when the worker left etcd mid-stream."""
+    """One request's stream on one worker."""
 
-    __slots__ = ("instance_id", "call", "lost")
+    __slots__ = ("instance_id", "stream")
 
-    def __init__(self, instance_id: str, call: GenerateCall) -> None:
+    def __init__(self, instance_id: str, stream: RequestStream) -> None:
         self.instance_id = instance_id
-        self.call = call
-        self.lost = False
+        self.stream = stream
 
 
 def make_job(
@@ -171,9 +170,9 @@ class Generator:
                 len(attempts),
                 extra={"instance_id": info.instance_id},
             )
+            left = WorkerStreamError(grpc.StatusCode.UNAVAILABLE, "worker left the cluster")
             for attempt in attempts:
-                attempt.lost = True
-                attempt.call.cancel()
+                attempt.stream.fail(left)
         task = asyncio.get_running_loop().create_task(self._pool.drop(info.endpoint))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -222,12 +221,12 @@ class Generator:
                 raise ServiceUnavailableError(
                     f"No worker available for model {model.name!r}: {exc}"
                 ) from None
-            call = self._pool.generate(route.endpoint, self._request(job), job.trace_metadata)
-            attempt = _Attempt(route.instance_id, call)
+            stream = self._pool.start(route.endpoint, self._request(job), job.trace_metadata)
+            attempt = _Attempt(route.instance_id, stream)
             self._inflight.setdefault(route.instance_id, set()).add(attempt)
             waiting_first = True
             try:
-                async for msg in call:
+                async for msg in stream:
                     ids = msg.token_ids
                     if ids:
                         now = time.monotonic()
@@ -247,22 +246,17 @@ class Generator:
                         yield self._finish(job, msg, detok, matcher)
                         return
                 failure = "stream ended without a finish reason"
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _WORKER_FAILURES:
-                    raise EngineError(f"worker rejected the request: {exc.details()}") from None
-                failure = f"{exc.code().name}: {exc.details()}"
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not attempt.lost or (task is not None and task.cancelling()):
-                    raise
-                failure = "worker left the cluster"
+            except WorkerStreamError as exc:
+                if exc.code not in _WORKER_FAILURES:
+                    raise EngineError(f"worker rejected the request: {exc.details}") from None
+                failure = str(exc)
             finally:
                 inflight = self._inflight.get(route.instance_id)
                 if inflight is not None:
                     inflight.discard(attempt)
                     if not inflight:
                         del self._inflight[route.instance_id]
-                call.cancel()
+                stream.cancel()
                 router.free(request_id)
             # The worker failed mid-request: continue elsewhere with what it produced.
             if job.num_migrations >= self._max_migrations:

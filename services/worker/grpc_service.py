@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 import grpc
 from opentelemetry.trace import SpanKind, Tracer
@@ -12,6 +13,7 @@ from tandem.runtime.tracing import context_from_metadata
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
 from .engine import BaseEngine, EngineError, EngineOutput, EngineRequest, SamplingConfig
+from .generate_stream import RequestFailed, serve_generate_stream
 from .kv_publisher import KvEventPublisher
 from .metrics import WorkerMetrics
 
@@ -97,10 +99,35 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        responses = self.responses(request, context.invocation_metadata() or ())
+        async with contextlib.aclosing(responses):  # type: ignore[type-var]
+            try:
+                async for response in responses:
+                    yield response
+            except RequestFailed as exc:
+                await context.abort(exc.code, exc.message)
+
+    async def GenerateStream(  # noqa: N802
+        self,
+        requests: AsyncIterator[worker_pb2.StreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        await serve_generate_stream(requests, context, self.responses)
+
+    async def responses(
+        self,
+        request: worker_pb2.GenerateRequest,
+        trace_context: Mapping[str, str] | Iterable[tuple[str, str | bytes]],
+    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        """One request's responses, for Generate and GenerateStream alike.
+
+        Raises RequestFailed when the request cannot be served here. Closing the
+        iterator early (client cancel) aborts the request and frees its blocks.
+        """
         if not self.ready:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is not serving")
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "worker is not serving")
         if request.model and request.model != self.engine.model_name:
-            await context.abort(
+            raise RequestFailed(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"model {request.model!r} is not served here ({self.engine.model_name!r})",
             )
@@ -110,7 +137,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             if self.tracer is None
             else self.tracer.start_span(
                 "Worker.Generate",
-                context=context_from_metadata(context.invocation_metadata()),
+                context=context_from_metadata(trace_context),
                 kind=SpanKind.SERVER,
                 attributes={
                     "tandem.request_id": request.request_id,
@@ -141,7 +168,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             except EngineError as exc:
                 finish = "invalid"
                 log.info("rejected: %s", exc, extra=extra)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:

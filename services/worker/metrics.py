@@ -89,5 +89,5 @@ class WorkerMetrics:
         self.request_latency = factory.histogram(
             "request_latency_seconds", "Request arrival to its end."
         )
-        self.in_flight = factory.gauge("in_flight_requests", "Generate streams open now.")
+        self.in_flight = factory.gauge("in_flight_requests", "Requests being generated now.")
         self.registry.register(EngineStatsCollector(stats))

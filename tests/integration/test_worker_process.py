@@ -146,6 +146,91 @@ async def test_cancel_aborts_and_frees_blocks(worker: Worker) -> None:
         assert latest.cached_blocks >= 200 // 16
 
 
+class StreamClient:
+    """A raw Worker.GenerateStream call: send StreamRequests, read StreamResponses."""
+
+    def __init__(self, stub: worker_pb2_grpc.WorkerStub) -> None:
+        self.outgoing: asyncio.Queue[worker_pb2.StreamRequest | None] = asyncio.Queue()
+        self.call = stub.GenerateStream(self._requests())
+
+    async def _requests(self):  # type: ignore[no-untyped-def]
+        while (msg := await self.outgoing.get()) is not None:
+            yield msg
+
+    def start(self, key: int, request: worker_pb2.GenerateRequest) -> None:
+        self.outgoing.put_nowait(worker_pb2.StreamRequest(key=key, start=request))
+
+    def cancel(self, key: int) -> None:
+        self.outgoing.put_nowait(worker_pb2.StreamRequest(key=key, cancel=True))
+
+    async def until_ended(self, keys: set[int]) -> dict[int, list[worker_pb2.StreamOutput]]:
+        """Read until every request in `keys` has finished or failed; outputs by key."""
+        outputs: dict[int, list[worker_pb2.StreamOutput]] = {}
+        self.batch_sizes: list[int] = []
+        pending = set(keys)
+        while pending:
+            batch = await asyncio.wait_for(self.call.read(), 30)
+            self.batch_sizes.append(len({o.key for o in batch.outputs}))
+            for out in batch.outputs:
+                outputs.setdefault(out.key, []).append(out)
+                if out.status_code or out.response.finish_reason:
+                    pending.discard(out.key)
+        return outputs
+
+
+async def test_generate_stream_multiplexes_requests_and_fails_them_one_by_one(
+    worker: Worker,
+) -> None:
+    async with grpc.aio.insecure_channel(worker.endpoint) as channel:
+        client = StreamClient(worker_pb2_grpc.WorkerStub(channel))
+        for key in (1, 2, 4, 5):
+            client.start(key, gen_request(f"s{key}", list(range(key * 100, key * 100 + 40)), 30))
+        client.start(3, worker_pb2.GenerateRequest(request_id="s3", model="nope", token_ids=[1]))
+        client.start(6, gen_request("s6", [], 5))
+        outputs = await client.until_ended({1, 2, 3, 4, 5, 6})
+
+        for key in (1, 2, 4, 5):
+            responses = [o.response for o in outputs[key]]
+            assert not any(o.status_code for o in outputs[key])
+            assert sum(len(r.token_ids) for r in responses) == 30
+            assert responses[-1].finish_reason == worker_pb2.FINISH_REASON_LENGTH
+            assert responses[-1].usage.prompt_tokens == 40
+        for key, needle in ((3, "not served here"), (6, "")):
+            [failed] = outputs[key]
+            assert failed.status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert needle in failed.status_message
+        # Requests that run together share messages: one write per engine step.
+        assert max(client.batch_sizes) >= 2
+        client.outgoing.put_nowait(None)
+        assert await asyncio.wait_for(client.call.read(), 10) == grpc.aio.EOF
+
+
+async def test_generate_stream_cancel_frees_blocks_and_the_stream_goes_on(worker: Worker) -> None:
+    async with grpc.aio.insecure_channel(worker.endpoint) as channel:
+        stub = worker_pb2_grpc.WorkerStub(channel)
+        client = StreamClient(stub)
+        client.start(1, gen_request("long", list(range(8000, 8200)), 100_000))
+        first = await asyncio.wait_for(client.call.read(), 30)
+        assert first.outputs[0].key == 1 and first.outputs[0].response.token_ids
+        client.cancel(1)
+
+        async def freed() -> bool:
+            stats = await stub.Stats(worker_pb2.StatsRequest())
+            return stats.active_blocks == 0 and stats.num_running == 0
+
+        await wait_until(freed, 5, "blocks freed after a stream cancel")
+        client.start(2, gen_request("after", list(range(50)), 5))
+        outputs = await client.until_ended({2})
+        assert sum(len(o.response.token_ids) for o in outputs[2]) == 5
+
+        # Ending the whole call aborts what is still running on it.
+        client.start(3, gen_request("orphan", list(range(9000, 9200)), 100_000))
+        while not (await asyncio.wait_for(client.call.read(), 30)).outputs:
+            pass
+        client.call.cancel()
+        await wait_until(freed, 5, "blocks freed after the call ended")
+
+
 def apply(events: list[kv_events_pb2.KvEvent], state: dict[int, int | None]) -> None:
     for ev in events:
         kind = ev.WhichOneof("data")

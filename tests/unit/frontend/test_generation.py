@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from tandem.router.api import BaseRouter, NoWorkersError, RouteResult
 from tandem.runtime.model_card import ModelCard, default_model_path
 from tandem.runtime.tokenizer import Tokenizer
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
+from tandem.worker.generate_stream import RequestFailed, serve_generate_stream
 
 from tests.support.fake_worker import serve_worker
 
@@ -26,34 +28,56 @@ LENGTH = worker_pb2.FINISH_REASON_LENGTH
 
 @dataclass
 class FakeWorker(worker_pb2_grpc.WorkerServicer):
-    """Streams `tokens` one per message; fails with UNAVAILABLE after `fail_after` messages."""
+    """Streams `tokens` one per message; fails with UNAVAILABLE after `fail_after` messages.
+
+    With `gate` set, it waits for the gate after `gate_after` tokens of each request.
+    """
 
     tokens: list[int]
     fail_after: int | None = None
+    gate: asyncio.Event | None = None
+    gate_after: int = 1
     received: list[worker_pb2.GenerateRequest] = field(default_factory=list)
-    metadata: list[dict[str, str]] = field(default_factory=list)
+    trace_contexts: list[dict[str, str]] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    any_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: int = 0
 
-    async def Generate(  # noqa: N802 - gRPC method name
-        self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    async def GenerateStream(self, requests, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.calls += 1
+        await serve_generate_stream(requests, context, self.responses)
+
+    async def responses(
+        self, request: worker_pb2.GenerateRequest, trace_context: Mapping[str, str]
     ) -> AsyncIterator[worker_pb2.GenerateResponse]:
         self.received.append(request)
-        self.metadata.append({k: v for k, v in context.invocation_metadata() or ()})
+        self.trace_contexts.append(dict(trace_context))
         start = request.num_generated_before
         end = min(len(self.tokens), request.sampling.max_tokens)
-        for i in range(start, end):
-            if self.fail_after is not None and i - start >= self.fail_after:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "worker crashed")
-            last = i == end - 1
-            yield worker_pb2.GenerateResponse(
-                token_ids=[self.tokens[i]],
-                logprobs=[worker_pb2.TokenLogprob(token_id=self.tokens[i], logprob=-0.5)],
-                finish_reason=LENGTH if last else 0,
-                usage=worker_pb2.Usage(
-                    prompt_tokens=len(request.token_ids), completion_tokens=i + 1, cached_tokens=16
+        try:
+            for i in range(start, end):
+                if self.fail_after is not None and i - start >= self.fail_after:
+                    raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "worker crashed")
+                if self.gate is not None and i - start >= self.gate_after:
+                    await self.gate.wait()
+                last = i == end - 1
+                yield worker_pb2.GenerateResponse(
+                    token_ids=[self.tokens[i]],
+                    logprobs=[worker_pb2.TokenLogprob(token_id=self.tokens[i], logprob=-0.5)],
+                    finish_reason=LENGTH if last else 0,
+                    usage=worker_pb2.Usage(
+                        prompt_tokens=len(request.token_ids),
+                        completion_tokens=i + 1,
+                        cached_tokens=16,
+                    )
+                    if last
+                    else None,
                 )
-                if last
-                else None,
-            )
+                await asyncio.sleep(0)  # let other requests' outputs join the same write
+        except asyncio.CancelledError:
+            self.cancelled.append(request.request_id)
+            self.any_cancelled.set()
+            raise
 
 
 class ListRouter(BaseRouter):
@@ -197,7 +221,10 @@ async def test_stop_string_cuts_and_cancels(
     tokenizer: Tokenizer, servers: Any, generator: Generator
 ) -> None:
     tokens = words(tokenizer, "alpha beta STOP gamma delta epsilon")
-    worker = FakeWorker(tokens)
+    # It holds the tokens after STOP back until the frontend has cancelled the request.
+    worker = FakeWorker(
+        tokens, gate=asyncio.Event(), gate_after=len(words(tokenizer, "alpha beta STOP"))
+    )
     router = ListRouter({"w": await servers(worker)})
     sampling = SamplingOptions(max_tokens=100, stop=("STOP",))
     job = make_job("r5", model_for(tokenizer, router), [5], sampling)
@@ -206,13 +233,15 @@ async def test_stop_string_cuts_and_cancels(
     assert outputs[-1].finish_reason == "stop"
     assert generator.usage_of(job).completion_tokens < len(tokens)
     assert router.freed == 1
+    await asyncio.wait_for(worker.any_cancelled.wait(), 10)
+    assert worker.cancelled == ["r5"]  # the worker stopped generating it
 
 
 async def test_engine_error_is_not_migrated(
     tokenizer: Tokenizer, servers: Any, generator: Generator
 ) -> None:
     class ErrorWorker(FakeWorker):
-        async def Generate(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        async def responses(self, request, trace_context):  # type: ignore[no-untyped-def]
             yield worker_pb2.GenerateResponse(
                 finish_reason=worker_pb2.FINISH_REASON_ERROR, error="boom"
             )
@@ -224,7 +253,7 @@ async def test_engine_error_is_not_migrated(
     assert router.routed == ["a"]
 
 
-async def test_trace_context_travels_as_grpc_metadata(
+async def test_trace_context_travels_to_the_worker(
     tokenizer: Tokenizer, servers: Any, generator: Generator
 ) -> None:
     worker = FakeWorker([100, 101])
@@ -233,4 +262,41 @@ async def test_trace_context_travels_as_grpc_metadata(
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     job.trace_metadata = (("traceparent", traceparent),)
     await collect(generator, job)
-    assert worker.metadata[0]["traceparent"] == traceparent
+    assert worker.trace_contexts[0]["traceparent"] == traceparent
+
+
+async def test_requests_share_one_stream_per_worker(
+    tokenizer: Tokenizer, servers: Any, generator: Generator
+) -> None:
+    tokens = list(range(100, 132))
+    worker = FakeWorker(tokens)
+    router = ListRouter({"w": await servers(worker)})
+    model = model_for(tokenizer, router)
+    jobs = [
+        make_job(f"s{i}", model, [5, i], SamplingOptions(max_tokens=len(tokens))) for i in range(8)
+    ]
+    results = await asyncio.gather(*(collect(generator, job) for job in jobs))
+    for outputs in results:
+        assert [t for out in outputs for t in out.token_ids] == tokens
+        assert outputs[-1].finish_reason == "length"
+    assert worker.calls == 1
+    assert sorted(r.request_id for r in worker.received) == [f"s{i}" for i in range(8)]
+
+
+async def test_a_broken_stream_migrates_every_request_on_it(
+    tokenizer: Tokenizer, servers: Any, generator: Generator
+) -> None:
+    tokens = list(range(100, 110))
+    stuck = FakeWorker(tokens, gate=asyncio.Event())  # never opened: it hangs after 1 token
+    healthy = FakeWorker(tokens)
+    router = ListRouter({"a": await servers(stuck), "b": await servers(healthy)})
+    model = model_for(tokenizer, router)
+    jobs = [make_job(f"m{i}", model, [5], SamplingOptions(max_tokens=10)) for i in range(3)]
+    tasks = [asyncio.create_task(collect(generator, job)) for job in jobs]
+    while not all(job.generated for job in jobs):  # each has its first token from "a"
+        await asyncio.sleep(0.01)
+    await generator._pool.drop(router.endpoints["a"])  # the stream to "a" breaks
+    for outputs in await asyncio.gather(*tasks):
+        assert [t for out in outputs for t in out.token_ids] == tokens
+    assert sorted(r.request_id for r in healthy.received) == ["m0", "m1", "m2"]
+    assert all(r.num_generated_before == 1 for r in healthy.received)
