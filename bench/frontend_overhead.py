@@ -12,6 +12,11 @@ the frontend, the workers and this load client (cores = CPU seconds / wall).
   python bench/frontend_overhead.py --url http://host:8000 --concurrency 16  # running cluster
 
 Loopback only; each level runs a bounded number of requests within a time bound.
+In the realistic scenario each level is followed by its engine-only reference:
+the same closed-loop load (same streams, prompt length and round-robin spread)
+driven straight into as many mocker engines inside this process, with no
+frontend, gRPC or HTTP. `engine tok/s` is what the simulated GPUs deliver by
+themselves; `of engine` is the share of it the cluster delivered.
 """
 
 from __future__ import annotations
@@ -39,7 +44,12 @@ SCENARIOS = {
     ),
     # Realistic cadence: ~6 ms per decode step, one SSE event per token.
     "realistic": dict(
-        workers=8, speedup=1.0, max_tokens=128, concurrency=[32, 128, 256, 512], requests=4000
+        workers=8,
+        speedup=1.0,
+        max_tokens=128,
+        concurrency=[32, 128, 256, 512],
+        requests=4000,
+        engine_reference=True,
     ),
 }
 
@@ -69,7 +79,9 @@ class LevelResult:
     requests: int = 0
     errors: int = 0
     tokens: int = 0
+    prompt_tokens: int = 0
     wall: float = 0.0
+    engine_tok_s: float = 0.0  # engine-only reference, when measured
     ttft: list[float] = field(default_factory=list)
     itl: list[float] = field(default_factory=list)
     frontend_cores: float = 0.0
@@ -194,6 +206,8 @@ async def one_request(
                     tail += chunk
         match = re.search(rb'"completion_tokens":(\d+)', tail)
         usage_tokens = int(match.group(1)) if match else tokens
+        match = re.search(rb'"prompt_tokens":(\d+)', tail)
+        result.prompt_tokens += int(match.group(1)) if match else 0
     except (TimeoutError, aiohttp.ClientError):
         result.errors += 1
         return
@@ -267,6 +281,51 @@ async def run_level(
     return result
 
 
+async def engine_reference(
+    workers: int,
+    speedup: float,
+    concurrency: int,
+    max_tokens: int,
+    prompt_len: int,
+    max_requests: int,
+    max_seconds: float,
+) -> float:
+    """Output tok/s of `workers` in-process mocker engines under the same closed-loop load.
+
+    Prompts share their first block, as the chat template's system prompt does.
+    """
+    from tandem.worker.engine import EngineRequest, SamplingConfig
+    from tandem.worker.kv_publisher import KvEventPublisher
+    from tandem.worker.mocker import MockerConfig, MockerEngine
+
+    engines = [
+        MockerEngine(MockerConfig(speedup_ratio=speedup), KvEventPublisher(f"reference-{i}"))
+        for i in range(workers)
+    ]
+    for engine in engines:
+        await engine.start()
+    issued = tokens = 0
+    sampling = SamplingConfig(max_tokens=max_tokens, ignore_eos=True)
+    deadline = time.perf_counter() + max_seconds
+
+    async def user() -> None:
+        nonlocal issued, tokens
+        while issued < max_requests and time.perf_counter() < deadline:
+            n = issued
+            issued += 1
+            prompt = list(range(16)) + [1000 + (n * 7 + k) % 40000 for k in range(prompt_len - 16)]
+            request = EngineRequest(f"reference-{n}", prompt, sampling)
+            async for out in engines[n % workers].generate(request):
+                tokens += len(out.token_ids)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(user() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    for engine in engines:
+        await engine.stop()
+    return tokens / wall
+
+
 def print_table(title: str, results: list[LevelResult]) -> None:
     print(f"\n{title}")
     header = (
@@ -274,6 +333,9 @@ def print_table(title: str, results: list[LevelResult]) -> None:
         f"{'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'frontend':>9} {'fe/req':>8} "
         f"{'fe/tok':>7} {'workers':>8} {'client':>7}"
     )
+    with_reference = any(r.engine_tok_s for r in results)
+    if with_reference:
+        header += f" {'engine tok/s':>13} {'of engine':>10}"
     print(header)
     print("-" * len(header))
     for r in results:
@@ -287,6 +349,11 @@ def print_table(title: str, results: list[LevelResult]) -> None:
             f"{r.frontend_cores:>5.2f} cpu {fe_seconds / max(r.requests, 1) * 1e3:>6.3f}ms "
             f"{fe_seconds / max(r.tokens, 1) * 1e6:>5.1f}us "
             f"{r.worker_cores:>4.2f} cpu {r.client_cores:>7.2f}"
+            + (
+                f" {r.engine_tok_s:>13.0f} {r.tokens / r.wall / r.engine_tok_s:>9.1%}"
+                if with_reference and r.engine_tok_s
+                else ""
+            )
         )
     print(
         "(cpu: cores used = CPU seconds / wall seconds; fe/req, fe/tok: frontend CPU per request"
@@ -315,11 +382,20 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         results = []
         for concurrency in levels:
-            results.append(
-                await run_level(
-                    url, model, concurrency, max_tokens, max_requests, args.seconds, pids
-                )
+            result = await run_level(
+                url, model, concurrency, max_tokens, max_requests, args.seconds, pids
             )
+            if cluster is not None and scenario.get("engine_reference") and result.requests:
+                result.engine_tok_s = await engine_reference(
+                    workers,
+                    speedup,
+                    concurrency,
+                    max_tokens,
+                    round(result.prompt_tokens / result.requests),
+                    max_requests,
+                    args.seconds,
+                )
+            results.append(result)
         title = (
             f"{args.scenario}: {workers} mocker workers, speedup {speedup:g}, "
             f"{max_tokens}-token streams, "

@@ -18,14 +18,13 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import grpc
+from tandem.runtime.pacing import WritePacer
 from tandem.runtime.wire import worker_pb2
 
 log = logging.getLogger(__name__)
 
-# Writes on one stream are at least this far apart; what arrives in between
-# rides the next one. When engine steps come faster than this (a fast engine,
-# or the mocker at a large speedup) it caps the per-message cost of gRPC at
-# both ends; at real step times (milliseconds) every step is written at once.
+# Writes on one stream are at least this far apart (see WritePacer): at real
+# step times (milliseconds) every step is written at once.
 MIN_WRITE_INTERVAL_S = 0.0005
 
 
@@ -66,21 +65,18 @@ class _StreamSession:
         self._running: dict[int, asyncio.Task[None]] = {}
 
     async def run(self, requests: AsyncIterator[worker_pb2.StreamRequest]) -> None:
-        loop = asyncio.get_running_loop()
+        pacer = WritePacer(MIN_WRITE_INTERVAL_S)
         reader = asyncio.create_task(self._read(requests))
-        last_write = 0.0
         try:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 if self._pending.outputs:
-                    too_soon = last_write + MIN_WRITE_INTERVAL_S - loop.time()
-                    if too_soon > 0:
-                        await asyncio.sleep(too_soon)
+                    await pacer.wait()
                     # Whatever accumulates while this write is in flight goes in the next one.
                     batch, self._pending = self._pending, worker_pb2.StreamResponse()
                     await self._context.write(batch)
-                    last_write = loop.time()
+                    pacer.flushed()
                 elif reader.done() and not self._running:
                     return
         finally:

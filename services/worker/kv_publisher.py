@@ -17,11 +17,15 @@ import threading
 from collections import deque
 from typing import Protocol
 
+from tandem.runtime.pacing import WritePacer
 from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.wire.kv_events_pb2 import BlocksRemoved, BlocksStored, KvEvent, StoredBlock
 
 log = logging.getLogger(__name__)
 DEFAULT_TIER = "hbm"
+# At most one burst of publishes (one NATS socket write) per this many seconds;
+# routers see events at most this much later.
+MIN_FLUSH_INTERVAL_S = 0.001
 
 
 class KvEventTransport(Protocol):
@@ -187,8 +191,10 @@ class KvEventPublisher:
     async def _publish_loop(self) -> None:
         assert self._wake is not None
         expected = 0
+        pacer = WritePacer(MIN_FLUSH_INTERVAL_S)
         while True:
             await self._wake.wait()
+            await pacer.wait()  # the events of several fast steps go out in one NATS write
             self._wake.clear()
             while self._outbox:
                 self._sending = True
@@ -206,4 +212,5 @@ class KvEventPublisher:
                     except Exception as exc:  # NATS trouble must not stop the engine
                         log.warning("kv event %d not published: %s", event.event_id, exc)
                 self._sending = False
+            pacer.flushed()
             self._drained.set()
