@@ -1,0 +1,59 @@
+"""RequestStream: outputs that queued up come out merged; errors end the stream in order."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from tandem.frontend.worker_client import RequestStream, WorkerStreamError
+from tandem.runtime.wire import worker_pb2
+
+
+class RecordingSession:
+    def __init__(self) -> None:
+        self.cancelled: list[int] = []
+
+    def cancel(self, key: int) -> None:
+        self.cancelled.append(key)
+
+
+def response(token: int, finish: int = 0) -> worker_pb2.GenerateResponse:
+    msg = worker_pb2.GenerateResponse(
+        token_ids=[token],
+        logprobs=[worker_pb2.TokenLogprob(token_id=token, logprob=-1.0)],
+        finish_reason=finish,
+    )
+    if finish:
+        msg.usage.completion_tokens = 3
+    return msg
+
+
+async def test_queued_outputs_come_out_as_one_response() -> None:
+    stream = RequestStream(RecordingSession(), 7)  # type: ignore[arg-type]
+    stream.deliver(response(10))
+    first = await anext(stream)
+    assert list(first.token_ids) == [10]
+    for token in (11, 12):
+        stream.deliver(response(token))
+    stream.deliver(response(13, worker_pb2.FINISH_REASON_LENGTH))
+    merged = await anext(stream)
+    assert list(merged.token_ids) == [11, 12, 13]
+    assert [lp.token_id for lp in merged.logprobs] == [11, 12, 13]
+    assert merged.finish_reason == worker_pb2.FINISH_REASON_LENGTH
+    assert merged.usage.completion_tokens == 3
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+
+
+async def test_an_error_is_not_merged_and_ends_the_stream() -> None:
+    session = RecordingSession()
+    stream = RequestStream(session, 3)  # type: ignore[arg-type]
+    stream.deliver(response(10))
+    stream.deliver(response(11))
+    stream.fail(WorkerStreamError(grpc.StatusCode.UNAVAILABLE, "worker left"))
+    assert session.cancelled == [3]  # the worker is told to stop too
+    assert list((await anext(stream)).token_ids) == [10, 11]
+    with pytest.raises(WorkerStreamError) as err:
+        await anext(stream)
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
