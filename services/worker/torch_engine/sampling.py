@@ -22,6 +22,30 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return gen
 
 
+# Vocab slice of the two-pass argmax: small enough to stay in cache, large
+# enough that the second pass is cheap.
+_ARGMAX_CHUNK = 1024
+
+
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """Index of each row's largest logit, first index on ties (as `argmax`).
+
+    `max(dim=-1)` tracks indices element by element and is slow on CPU (0.5 ms
+    for 32 x 49k bf16 logits, every decode step). `amax` per vocab chunk
+    vectorizes, so: the first chunk holding the row's max, then the max
+    inside that chunk only; 2x faster, same answer.
+    """
+    rows, vocab = logits.shape
+    num_chunks = vocab // _ARGMAX_CHUNK
+    if num_chunks < 2 or vocab % _ARGMAX_CHUNK:
+        return logits.max(dim=-1).indices
+    chunks = logits.reshape(rows, num_chunks, _ARGMAX_CHUNK)
+    best_chunk = chunks.amax(dim=-1).max(dim=-1).indices
+    row_ids = torch.arange(rows, device=logits.device)
+    in_chunk = chunks[row_ids, best_chunk].max(dim=-1).indices
+    return best_chunk * _ARGMAX_CHUNK + in_chunk
+
+
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
     """Set logits outside each row's top-k / nucleus to -inf (rows already temperature-scaled)."""
     vocab = logits.shape[-1]
@@ -42,20 +66,24 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[floa
 def sample(
     logits: torch.Tensor, rows: list[SampleRow]
 ) -> tuple[list[int], list[TokenLogprob | None]]:
-    """Pick one token per row of `logits` ([rows, vocab], float32).
+    """Pick one token per row of `logits` ([rows, vocab], float32 or the model's dtype).
+
+    Greedy picks come straight from `logits` (an upcast keeps the order and
+    ties); rows that need probabilities are upcast to float32 first, so the
+    result does not depend on the dtype the logits arrive in.
 
     Seeded rows draw only from their own generator, so their tokens do not
     depend on what else is in the batch. Logprobs are those of the model's
     distribution (before temperature / top-k / top-p), as OpenAI reports them.
     """
-    tokens = logits.max(dim=-1).indices  # same first-index ties as argmax, ~3x faster on CPU
+    tokens = greedy_tokens(logits)
     random_rows = [i for i, r in enumerate(rows) if not r.params.is_greedy]
     if random_rows:
         idx = torch.tensor(random_rows, device=logits.device)
         temps = torch.tensor(
             [rows[i].params.temperature for i in random_rows], device=logits.device
         )
-        scaled = logits[idx] / temps[:, None]
+        scaled = logits[idx].float() / temps[:, None]
         top_k = [rows[i].params.top_k for i in random_rows]
         top_p = [rows[i].params.top_p for i in random_rows]
         if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
@@ -70,7 +98,7 @@ def sample(
     lp_rows = [i for i, r in enumerate(rows) if r.params.logprobs or r.params.top_logprobs > 0]
     if lp_rows:
         idx = torch.tensor(lp_rows, device=logits.device)
-        lp = torch.log_softmax(logits[idx], dim=-1)
+        lp = torch.log_softmax(logits[idx].float(), dim=-1)
         chosen = lp.gather(1, tokens[idx][:, None])[:, 0].tolist()
         num_top = max(rows[i].params.top_logprobs for i in lp_rows)
         top_vals: list[list[float]] = []

@@ -51,7 +51,7 @@ def _prefill_logits(model: LlamaModel, ids: list[int]) -> torch.Tensor:
         logits_indices=torch.arange(n),
         prefills=[PrefillChunk(0, n, 0, None, None)],
     )
-    return model.forward(batch, kv)
+    return model.forward(batch, kv).float()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import math
 
 import torch
 from tandem.worker.engine import SamplingConfig
-from tandem.worker.torch_engine.sampling import SampleRow, make_generator, sample
+from tandem.worker.torch_engine.sampling import SampleRow, greedy_tokens, make_generator, sample
 
 
 def _logits(rows: int = 4, vocab: int = 50, seed: int = 0) -> torch.Tensor:
@@ -24,6 +24,16 @@ def test_greedy_is_argmax() -> None:
     tokens, logprobs = sample(logits, [_row() for _ in range(4)])
     assert tokens == logits.argmax(-1).tolist()
     assert logprobs == [None] * 4
+
+
+def test_greedy_tokens_take_the_first_of_tied_maxima() -> None:
+    # Whole-number logits tie often; 4096 columns take the chunked path.
+    logits = torch.randint(0, 50, (16, 4096), generator=torch.Generator().manual_seed(0)).float()
+    logits[3] = float("-inf")
+    for dtype in (torch.float32, torch.bfloat16):  # the model hands over bf16 logits as they are
+        assert torch.equal(greedy_tokens(logits.to(dtype)), logits.argmax(-1))
+    odd = logits[:, :1000]  # not a whole number of chunks: the plain path
+    assert torch.equal(greedy_tokens(odd), odd.argmax(-1))
 
 
 def test_seeded_rows_do_not_depend_on_the_batch() -> None:
