@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 # Writes on one stream are at least this far apart (see WritePacer): at real
 # step times (milliseconds) every step is written at once.
 MIN_WRITE_INTERVAL_S = 0.0005
+# A write carries at most this many outputs (each one step of one request,
+# well under a kilobyte with top logprobs): a backlog that built up while the
+# client stalled goes out in messages far below the gRPC message size limit.
+MAX_OUTPUTS_PER_WRITE = 4096
 
 
 class RequestFailed(Exception):
@@ -75,8 +79,9 @@ class _StreamSession:
                     await pacer.wait()
                     # Whatever accumulates while this write is in flight goes in the next one.
                     batch, self._pending = self._pending, worker_pb2.StreamResponse()
-                    await self._context.write(batch)
+                    await self._write(batch)
                     pacer.flushed()
+                    self._wakeup.set()  # look again: more may have come, or all may have ended
                 elif reader.done() and not self._running:
                     return
         finally:
@@ -85,6 +90,15 @@ class _StreamSession:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(reader, *tasks, return_exceptions=True)
+
+    async def _write(self, batch: worker_pb2.StreamResponse) -> None:
+        outputs = batch.outputs
+        if len(outputs) <= MAX_OUTPUTS_PER_WRITE:
+            await self._context.write(batch)
+            return
+        for i in range(0, len(outputs), MAX_OUTPUTS_PER_WRITE):
+            chunk = outputs[i : i + MAX_OUTPUTS_PER_WRITE]
+            await self._context.write(worker_pb2.StreamResponse(outputs=chunk))
 
     async def _read(self, requests: AsyncIterator[worker_pb2.StreamRequest]) -> None:
         try:
