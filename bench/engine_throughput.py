@@ -1,12 +1,16 @@
 """Torch engine throughput vs HF transformers generate() on the same model, dtype and machine.
 
     HF_HUB_OFFLINE=1 python bench/engine_throughput.py [--dtype auto|float32|bfloat16]
+    python bench/engine_throughput.py --device cuda --random-weights   # a GPU box without the model
 
 Prints prefill tokens/s (512-token prompt), decode tokens/s at batch 1/8/32,
 TTFT of a 2,000-token prompt cold vs with 90% of it in the prefix cache, and
 the ratios to HF (run afterwards in a subprocess, so the two never share a
 process). Every figure is the best of --repeat runs: on a shared box the
-median mostly measures the neighbours.
+median mostly measures the neighbours. `--random-weights` writes a Llama
+checkpoint with SmolLM2-135M-Instruct's shapes and random weights and runs
+both sides on it: the same work per token, for machines without the model
+package.
 A benchmark, never a test: it asserts nothing.
 """
 
@@ -18,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -65,27 +70,52 @@ class Ours:
 class HF:
     """HF transformers generate() on the same GGUF, dequantized by transformers itself."""
 
-    def __init__(self, dtype: torch.dtype) -> None:
+    def __init__(self, dtype: torch.dtype, model_path: str, device: str) -> None:
         from transformers import AutoModelForCausalLM
 
-        path = default_model_path()
-        self.model = AutoModelForCausalLM.from_pretrained(
-            os.path.dirname(path), gguf_file=DEFAULT_GGUF_FILE, dtype=dtype
-        ).eval()
+        if os.path.isdir(model_path):
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        else:
+            path = model_path or default_model_path()
+            model = AutoModelForCausalLM.from_pretrained(
+                os.path.dirname(path), gguf_file=os.path.basename(path) or DEFAULT_GGUF_FILE,
+                dtype=dtype,
+            )  # fmt: skip
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
 
     def run(self, batch: int, n_prompt: int, new: int) -> float:
-        ids = torch.tensor([prompt(n_prompt) for _ in range(batch)])
+        ids = torch.tensor([prompt(n_prompt) for _ in range(batch)], device=self.device)
         start = time.perf_counter()
         with torch.inference_mode():
             self.model.generate(
                 ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
                 do_sample=False, pad_token_id=2,
             )  # fmt: skip
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
 
+def write_random_checkpoint(directory: str) -> str:
+    """A Llama checkpoint with SmolLM2-135M-Instruct's shapes and random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+        rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
 async def bench_ours(args: argparse.Namespace) -> tuple[dict[str, float], str]:
-    config = TorchEngineConfig(dtype=args.dtype, device="cpu", num_kv_blocks=4096)
+    config = TorchEngineConfig(
+        model_path=args.model_path, dtype=args.dtype, device=args.device, num_kv_blocks=4096
+    )
     engine = TorchEngine(config, RecordingSink())
     await engine.start()
     ours = Ours(engine)
@@ -108,7 +138,8 @@ async def bench_ours(args: argparse.Namespace) -> tuple[dict[str, float], str]:
 
 
 def bench_hf(args: argparse.Namespace) -> dict[str, float]:
-    hf = HF(torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
+    hf = HF(torch.bfloat16 if args.dtype == "bfloat16" else torch.float32, args.model_path,
+            args.device)  # fmt: skip
     hf.run(2, 32, 4)  # warm up
     res = {"prefill": 512 / min(hf.run(1, 512, 1) for _ in range(args.repeat))}
     for batch in DECODE_BATCHES:
@@ -122,9 +153,14 @@ def bench_hf(args: argparse.Namespace) -> dict[str, float]:
 def hf_in_subprocess(args: argparse.Namespace, dtype: str) -> dict[str, float]:
     """HF in its own process: two OpenMP teams in one process slow each other down."""
     cmd = [sys.executable, __file__, "--hf-only", "--dtype", dtype, "--repeat", str(args.repeat)]
-    cmd += ["--decode-tokens", str(args.decode_tokens)]
+    cmd += ["--decode-tokens", str(args.decode_tokens), "--device", args.device]
+    cmd += ["--model-path", args.model_path]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
 
 
 def main() -> None:
@@ -133,17 +169,29 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-hf", action="store_true", help="skip the HF transformers baseline")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--model-path", default="", help="GGUF file or HF safetensors directory (default: bundled)"
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="SmolLM2-135M-shaped random weights (a machine without the model package)",
+    )
     parser.add_argument("--hf-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hf_only:
         print(json.dumps(bench_hf(args)))
         return
+    if args.random_weights:
+        args.model_path = write_random_checkpoint(tempfile.mkdtemp(prefix="random-smollm2-"))
     ours, dtype = asyncio.run(bench_ours(args))
     hf = {} if args.no_hf else hf_in_subprocess(args, dtype)
 
     print(
-        f"\ntorch engine vs HF transformers generate(): {dtype}, "
+        f"\ntorch engine vs HF transformers generate(): {dtype}, {device_name(args.device)}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, best of {args.repeat}"
+        + (", random weights" if args.random_weights else "")
     )
     print(f"{'metric':<36}{'tandem':>10}{'HF':>10}{'tandem/HF':>11}")
     rows = [("prefill tok/s (512-token prompt)", "prefill")]
