@@ -39,6 +39,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 _ETCD_ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
+ETCD_ERRORS = _ETCD_ERRORS
+"""What an etcd call raises while etcd is unreachable (for callers that use `Discovery.client`)."""
 
 
 def instances_prefix(namespace: str, component: str | None = None) -> str:

@@ -42,6 +42,8 @@ class _Child:
     proc: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     quick_restarts: int = 0
+    watcher: asyncio.Task[None] | None = None
+    retired: bool = False  # being stopped for good by stop_child()
 
 
 class Supervisor:
@@ -50,7 +52,6 @@ class Supervisor:
     def __init__(self, grace_seconds: float = 15.0) -> None:
         self.grace_seconds = grace_seconds
         self._children: list[_Child] = []
-        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.failed = asyncio.Event()
 
@@ -58,7 +59,33 @@ class Supervisor:
         child = _Child(spec)
         self._children.append(child)
         await self._spawn(child)
-        self._tasks.append(asyncio.create_task(self._watch(child), name=f"supervise {spec.name}"))
+        child.watcher = asyncio.create_task(self._watch(child), name=f"supervise {spec.name}")
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the supervised children, in start order."""
+        return [c.spec.name for c in self._children if not c.retired]
+
+    async def stop_child(self, name: str) -> bool:
+        """Stop one child for good (no restart): SIGTERM, then SIGKILL after the grace period.
+
+        Returns False if no child has that name.
+        """
+        child = next((c for c in self._children if c.spec.name == name and not c.retired), None)
+        if child is None:
+            return False
+        child.retired = True
+        # Cancel the watcher first, or it would see the exit and restart the child.
+        if child.watcher is not None:
+            child.watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await child.watcher
+        if child.proc is not None and child.proc.returncode is None:
+            await self._terminate([child.proc])
+        # Forgotten only once it is gone: a stop() meanwhile still reaches it.
+        self._children.remove(child)
+        log.info("stopped %s", name)
+        return True
 
     async def _spawn(self, child: _Child) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **child.spec.env}
@@ -98,9 +125,13 @@ class Supervisor:
     async def stop(self) -> None:
         """SIGTERM every child (last started first), then SIGKILL what is left after the grace period."""
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
+        for child in self._children:
+            if child.watcher is not None:
+                child.watcher.cancel()
         running = [c.proc for c in reversed(self._children) if c.proc and c.proc.returncode is None]
+        await self._terminate(running)
+
+    async def _terminate(self, running: list[asyncio.subprocess.Process]) -> None:
         for proc in running:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)

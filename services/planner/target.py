@@ -1,0 +1,109 @@
+"""The planner's one output: the desired size of a model's worker pool, as an etcd record.
+
+Key `tandem/{namespace}/planner/replicas/{model}` holds JSON
+`{"model", "replicas", "reason", "decided_at"}`. It is a plain put, not bound
+to a lease: the target must outlive a planner restart, and a connector that
+loses the planner must keep the pool as it was rather than shrink it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+
+from etcd3aio import Etcd3Client
+from tandem.runtime.discovery import ETCD_ERRORS
+
+log = logging.getLogger(__name__)
+_RETRY_SECONDS = 1.0
+
+
+def replicas_prefix(namespace: str) -> str:
+    return f"tandem/{namespace}/planner/replicas/"
+
+
+def replicas_key(namespace: str, model: str) -> str:
+    return f"{replicas_prefix(namespace)}{model}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaTarget:
+    """How many workers of `model` should run, why, and when that was decided (unix seconds)."""
+
+    model: str
+    replicas: int
+    reason: str
+    decided_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> ReplicaTarget:
+        """Parse a record; raises ValueError on anything that is not a valid target."""
+        try:
+            data = json.loads(raw)
+            target = cls(
+                model=str(data["model"]),
+                replicas=int(data["replicas"]),
+                reason=str(data.get("reason", "")),
+                decided_at=float(data.get("decided_at", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a replica target: {raw!r}") from exc
+        if target.replicas < 0:
+            raise ValueError(f"negative replica count in {raw!r}")
+        return target
+
+
+class TargetStore:
+    """Reads, writes and watches replica targets in etcd through an already connected client."""
+
+    def __init__(self, client: Etcd3Client, namespace: str) -> None:
+        self._client = client
+        self._namespace = namespace
+
+    async def read(self, model: str) -> ReplicaTarget | None:
+        resp = await self._client.kv.get(replicas_key(self._namespace, model), timeout=5)  # type: ignore[union-attr]
+        if not resp.kvs:
+            return None
+        return ReplicaTarget.from_json(resp.kvs[0].value)
+
+    async def write(self, target: ReplicaTarget) -> None:
+        """A plain put (no lease): the target outlives its writer."""
+        key = replicas_key(self._namespace, target.model)
+        await self._client.kv.put(key, target.to_json(), timeout=5)  # type: ignore[union-attr]
+
+    async def follow(self, model: str) -> AsyncIterator[ReplicaTarget | None]:
+        """Yield the current target, then every change (None: the key was deleted).
+
+        Survives etcd outages: after an interruption it re-reads the key and
+        yields it again, so a change made meanwhile is not lost.
+        """
+        key = replicas_key(self._namespace, model)
+        while True:
+            try:
+                resp = await self._client.kv.get(key, timeout=5)  # type: ignore[union-attr]
+                yield _parse(resp.kvs[0].value) if resp.kvs else None
+                assert self._client.watch is not None  # connected by its owner
+                async for watch_resp in self._client.watch.watch(
+                    key, start_revision=resp.header.revision + 1
+                ):
+                    if watch_resp.canceled:
+                        break
+                    for event in watch_resp.events:
+                        yield _parse(event.kv.value) if event.type == 0 else None  # 0: PUT
+            except ETCD_ERRORS as exc:
+                log.warning("etcd watch on %s interrupted; retrying: %s", key, exc)
+                await asyncio.sleep(_RETRY_SECONDS)
+
+
+def _parse(raw: bytes) -> ReplicaTarget | None:
+    try:
+        return ReplicaTarget.from_json(raw)
+    except ValueError as exc:
+        log.warning("ignoring malformed replica target: %s", exc)
+        return None
