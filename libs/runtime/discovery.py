@@ -38,9 +38,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-_ETCD_ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
-ETCD_ERRORS = _ETCD_ERRORS
-"""What an etcd call raises while etcd is unreachable (for callers that use `Discovery.client`)."""
+# What an etcd call raises while etcd is unreachable (also for callers of `Discovery.client`).
+ETCD_ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
 
 
 def instances_prefix(namespace: str, component: str | None = None) -> str:
@@ -58,6 +57,11 @@ def models_prefix(namespace: str) -> str:
 
 def model_key(namespace: str, model: str) -> str:
     return f"{models_prefix(namespace)}{model}"
+
+
+def replicas_key(namespace: str, model: str) -> str:
+    """Where the planner writes how many workers `model` should have (see services/planner)."""
+    return f"tandem/{namespace}/planner/replicas/{model}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +143,7 @@ class Discovery:
             await view.close()
         await cancel_and_wait(self._lease_task)
         if self._lease_id is not None and self._client.lease is not None:
-            with contextlib.suppress(*_ETCD_ERRORS):
+            with contextlib.suppress(*ETCD_ERRORS):
                 await self._client.lease.revoke(self._lease_id, timeout=2)
         if self._connected:
             await self._client.close()
@@ -157,7 +161,7 @@ class Discovery:
         key = instance_key(self.namespace, info.component, info.instance_id)
         self._registrations.pop(key, None)
         self._unwritten.discard(key)
-        with contextlib.suppress(*_ETCD_ERRORS):
+        with contextlib.suppress(*ETCD_ERRORS):
             await self._client.kv.delete(key, timeout=2)  # type: ignore[union-attr]
 
     async def register_model(self, model: str, card: dict[str, Any]) -> None:
@@ -173,7 +177,7 @@ class Discovery:
         try:
             await self._client.kv.put(key, value, lease=self._lease_id, timeout=5)  # type: ignore[union-attr]
             self._unwritten.discard(key)
-        except _ETCD_ERRORS as exc:
+        except ETCD_ERRORS as exc:
             log.warning("etcd put %s deferred until etcd answers: %s", key, exc)
 
     async def get_model_card(self, model: str) -> dict[str, Any] | None:
@@ -218,7 +222,7 @@ class Discovery:
                 await asyncio.sleep(max(self.lease_ttl / 3, 0.5))
             except asyncio.CancelledError:
                 raise
-            except _ETCD_ERRORS as exc:
+            except ETCD_ERRORS as exc:
                 if outage_since is None:
                     outage_since = time.monotonic()
                     log.warning("etcd unreachable, serving from what is known: %s", exc)
@@ -332,7 +336,7 @@ class InstanceSet:
                             await self._remove(instance_id)
             except asyncio.CancelledError:
                 raise
-            except _ETCD_ERRORS as exc:
+            except ETCD_ERRORS as exc:
                 log.warning(
                     "etcd watch on %s interrupted, keeping last view: %s", self._prefix, exc
                 )

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 
 from tandem.runtime.config import parse_config
-from tandem.runtime.discovery import Discovery, InstanceInfo
+from tandem.runtime.discovery import Discovery, InstanceInfo, replicas_key
 from tandem.runtime.logs import setup_logging
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
@@ -20,7 +20,7 @@ from .config import PlannerConfig
 from .load_view import LoadView
 from .metrics import PlannerMetrics
 from .service import Planner
-from .target import TargetStore, replicas_key
+from .target import TargetStore
 
 log = logging.getLogger("tandem.planner")
 COMPONENT = "planner"

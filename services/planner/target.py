@@ -15,18 +15,10 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
 from etcd3aio import Etcd3Client
-from tandem.runtime.discovery import ETCD_ERRORS
+from tandem.runtime.discovery import ETCD_ERRORS, replicas_key
 
 log = logging.getLogger(__name__)
 _RETRY_SECONDS = 1.0
-
-
-def replicas_prefix(namespace: str) -> str:
-    return f"tandem/{namespace}/planner/replicas/"
-
-
-def replicas_key(namespace: str, model: str) -> str:
-    return f"{replicas_prefix(namespace)}{model}"
 
 
 @dataclass(frozen=True, slots=True)

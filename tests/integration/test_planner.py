@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tandem.planner.target import replicas_key
-from tandem.runtime.discovery import Discovery, InstanceInfo
+from tandem.runtime.discovery import Discovery, InstanceInfo, replicas_key
 from tandem.runtime.local_infra import LocalInfra
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
