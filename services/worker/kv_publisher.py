@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIER = "hbm"
 # At most one burst of publishes (one NATS socket write) per this many seconds;
 # routers see events at most this much later.
-MIN_FLUSH_INTERVAL_S = 0.001
+MIN_FLUSH_INTERVAL_S = 0.005
 
 
 class KvEventTransport(Protocol):
