@@ -26,6 +26,7 @@ DEFAULT_TIER = "hbm"
 # At most one burst of publishes (one NATS socket write) per this many seconds;
 # routers see events at most this much later.
 MIN_FLUSH_INTERVAL_S = 0.005
+MIN_OUTBOX_SIZE = 10_000
 
 
 class KvEventTransport(Protocol):
@@ -49,9 +50,10 @@ class KvEventPublisher:
         self._transport = transport
         self._lock = threading.Lock()
         self._ring: deque[KvEvent] = deque(maxlen=ring_size)
-        # Events not yet handed to the transport; bounded like the ring, so a
-        # long NATS outage drops the oldest (readers see the gap and resync).
-        self._outbox: deque[KvEvent] = deque(maxlen=ring_size)
+        # Events not yet handed to the transport. Bounded, so a long NATS outage
+        # drops the oldest (readers see the gap and resync), but never below
+        # what a few flush intervals produce, whatever the ring size.
+        self._outbox: deque[KvEvent] = deque(maxlen=max(ring_size, MIN_OUTBOX_SIZE))
         self._next_id = 0
         # Resident blocks: sequence hash -> (local hash, parent sequence hash).
         self._resident: dict[int, tuple[int, int | None]] = {}
