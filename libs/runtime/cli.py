@@ -14,7 +14,6 @@ import contextlib
 import importlib
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -23,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import option, parse_known_config
+from .host import usable_cpus
 from .local_infra import InfraError, LocalInfra
 from .logs import setup_logging
 from .supervisor import ChildSpec, Supervisor
@@ -266,9 +266,7 @@ def _with_thread_share(config: UpConfig, worker_args: list[str]) -> list[str]:
     """
     if config.engine != "torch" or any(a.startswith("--num-threads") for a in worker_args):
         return worker_args
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
+    cores = usable_cpus()
     # With the planner the pool may grow to --max-workers: size each share for that.
     sharers = config.max_workers if config.planner else config.workers
     return [*worker_args, "--num-threads", str(max(1, cores // max(1, sharers)))]

@@ -102,16 +102,6 @@ class GenerationJob:
     trace_metadata: tuple[tuple[str, str], ...] = ()
 
 
-class _Attempt:
-    """One request's stream on one worker."""
-
-    __slots__ = ("instance_id", "stream")
-
-    def __init__(self, instance_id: str, stream: RequestStream) -> None:
-        self.instance_id = instance_id
-        self.stream = stream
-
-
 def make_job(
     request_id: str, model: ServedModel, prompt_ids: list[int], sampling: SamplingOptions
 ) -> GenerationJob:
@@ -149,7 +139,7 @@ def make_job(
 
 
 class Generator:
-    """Runs generations against workers; owns the map of in-flight attempts per worker."""
+    """Runs generations against workers; owns the map of in-flight streams per worker."""
 
     def __init__(
         self, pool: WorkerClientPool, metrics: FrontendMetrics, max_migrations: int = 3
@@ -157,22 +147,22 @@ class Generator:
         self._pool = pool
         self._metrics = metrics
         self._max_migrations = max_migrations
-        self._inflight: dict[str, set[_Attempt]] = {}
+        self._inflight: dict[str, set[RequestStream]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_worker_removed(self, info: InstanceInfo) -> None:
         """A worker left etcd (lease expired or it deregistered): move its streams elsewhere."""
-        attempts = self._inflight.get(info.instance_id)
-        if attempts:
+        streams = self._inflight.get(info.instance_id)
+        if streams:
             log.warning(
                 "worker %s left with %d streams in flight; migrating them",
                 info.instance_id,
-                len(attempts),
+                len(streams),
                 extra={"instance_id": info.instance_id},
             )
             left = WorkerStreamError(grpc.StatusCode.UNAVAILABLE, "worker left the cluster")
-            for attempt in attempts:
-                attempt.stream.fail(left)
+            for stream in streams:
+                stream.fail(left)
         task = asyncio.get_running_loop().create_task(self._pool.drop(info.endpoint))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -222,8 +212,7 @@ class Generator:
                     f"No worker available for model {model.name!r}: {exc}"
                 ) from None
             stream = self._pool.start(route.endpoint, self._request(job), job.trace_metadata)
-            attempt = _Attempt(route.instance_id, stream)
-            self._inflight.setdefault(route.instance_id, set()).add(attempt)
+            self._inflight.setdefault(route.instance_id, set()).add(stream)
             waiting_first = True
             try:
                 async for msg in stream:
@@ -253,7 +242,7 @@ class Generator:
             finally:
                 inflight = self._inflight.get(route.instance_id)
                 if inflight is not None:
-                    inflight.discard(attempt)
+                    inflight.discard(stream)
                     if not inflight:
                         del self._inflight[route.instance_id]
                 stream.cancel()

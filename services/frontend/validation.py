@@ -292,17 +292,13 @@ def _parse_prompt(value: Any) -> str | tuple[int, ...]:
     # A batch of one is the same as its only element.
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
         value = value[0]
+    if isinstance(value, str | list) and not value:
+        raise InvalidRequestError(
+            "'prompt' must not be empty.", param="prompt", code="empty_prompt"
+        )
     if isinstance(value, str):
-        if not value:
-            raise InvalidRequestError(
-                "'prompt' must not be empty.", param="prompt", code="empty_prompt"
-            )
         return value
     if isinstance(value, list):
-        if not value:
-            raise InvalidRequestError(
-                "'prompt' must not be empty.", param="prompt", code="empty_prompt"
-            )
         if all(isinstance(t, str) for t in value) or all(isinstance(t, list) for t in value):
             raise UnsupportedParameterError(
                 "Batched prompts are not supported; send one prompt per request.", param="prompt"

@@ -17,7 +17,7 @@ from tandem.runtime.discovery import Discovery
 from tandem.runtime.local_infra import LocalInfra, free_port
 
 from tests.e2e.test_local_cluster import _pid_alive
-from tests.integration.test_worker_process import wait_until
+from tests.support.checks import wait_until
 
 
 def _prompt(rng: random.Random) -> str:

@@ -20,7 +20,7 @@ from tandem.runtime.local_infra import LocalInfra
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
 
-from tests.integration.test_worker_process import scrape, wait_until
+from tests.support.checks import scrape, wait_until
 from tests.support.processes import ServiceProcess, infra_flags
 
 MODEL = "planner-test-model"

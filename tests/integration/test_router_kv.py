@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +22,7 @@ from tandem.runtime.local_infra import LocalInfra
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
+from tests.support.checks import wait_until
 from tests.support.processes import ServiceProcess, spawn_mocker_worker, worker_ready
 
 BS = 16
@@ -51,15 +51,6 @@ def start_workers(
 ) -> list[WorkerProc]:
     procs = [spawn_worker(infra, namespace, log_dir, *extra) for _ in range(n)]  # start in parallel
     return [wait_ready(p) for p in procs]
-
-
-async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    """Re-check a condition (no fixed sleeps: returns as soon as it holds)."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def prompt(seed: int, num_blocks: int) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,8 @@ from tandem.runtime.local_infra import LocalInfra, free_port
 from tandem.runtime.model_card import DEFAULT_MODEL_NAME
 
 from tests.integration.test_router_kv import BS, WorkerProc, prompt, serve, start_workers
-from tests.support.processes import ServiceProcess
+from tests.support.checks import scrape
+from tests.support.processes import ServiceProcess, infra_flags
 
 ROUTER_READY = re.compile(r"router ready instance_id=(\S+) endpoint=(\S+)")
 
@@ -27,12 +27,7 @@ def start_router(
     proc = ServiceProcess(
         "tandem.router",
         [
-            "--nats",
-            infra.nats_url,
-            "--etcd",
-            infra.etcd_url,
-            "--namespace",
-            namespace,
+            *infra_flags(infra, namespace),
             "--host",
             "127.0.0.1",
             "--port",
@@ -44,11 +39,6 @@ def start_router(
     )
     proc.wait_log("router ready", timeout=60)
     return proc
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return resp.read().decode()
 
 
 @pytest.fixture

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import re
 import signal
 import time
-import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,8 @@ from tandem.runtime.messaging import Messaging
 from tandem.runtime.model_card import ModelCard
 from tandem.runtime.wire import kv_events_pb2, worker_pb2, worker_pb2_grpc
 
+from tests.support.checks import scrape, wait_until
+from tests.support.kv_state import apply
 from tests.support.processes import ServiceProcess, spawn_mocker_worker, worker_ready
 
 
@@ -37,25 +37,6 @@ class Worker:
 def start_worker(infra: LocalInfra, namespace: str, log_dir: Path, *extra: str) -> Worker:
     proc = spawn_mocker_worker(infra, namespace, log_dir, "--speedup-ratio", "100", *extra)
     return Worker(proc, namespace, *worker_ready(proc, timeout=60))
-
-
-async def wait_until(
-    predicate: Callable[[], bool | Awaitable[bool]], within: float, what: str
-) -> None:
-    """Re-check `predicate` (sync or async) until it holds; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = predicate()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return str(resp.read().decode())
 
 
 def gen_request(
@@ -229,21 +210,6 @@ async def test_generate_stream_cancel_frees_blocks_and_the_stream_goes_on(worker
             pass
         client.call.cancel()
         await wait_until(freed, 5, "blocks freed after the call ended")
-
-
-def apply(events: list[kv_events_pb2.KvEvent], state: dict[int, int | None]) -> None:
-    for ev in events:
-        kind = ev.WhichOneof("data")
-        if kind == "cleared":
-            state.clear()
-        elif kind == "stored":
-            parent = ev.stored.parent_hash if ev.stored.HasField("parent_hash") else None
-            for block in ev.stored.blocks:
-                state[block.block_hash] = parent
-                parent = block.block_hash
-        else:
-            for h in ev.removed.block_hashes:
-                state.pop(h, None)
 
 
 async def test_kv_events_on_jetstream_and_events_since(infra: LocalInfra, worker: Worker) -> None:

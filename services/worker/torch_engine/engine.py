@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
 
 import torch
+from tandem.runtime.host import usable_cpus
 from tandem.runtime.model_card import ModelCard
 from tandem.worker.block_manager import BlockManager
 from tandem.worker.engine import (
@@ -42,13 +42,6 @@ from .sampling import make_generator
 from .streams import Outbox, Stream, deliver, make_output
 
 log = logging.getLogger(__name__)
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class TorchEngine(BaseEngine):
@@ -124,7 +117,7 @@ class TorchEngine(BaseEngine):
         cfg = self.config
         device = cfg.torch_device
         if device.type == "cpu":
-            torch.set_num_threads(cfg.num_threads or _usable_cpus())
+            torch.set_num_threads(cfg.num_threads or usable_cpus())
         started = time.perf_counter()
         if self._preloaded is not None:
             model_config, weights = self._preloaded[0], dict(self._preloaded[1])

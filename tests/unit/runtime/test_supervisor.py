@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tandem.runtime.supervisor import ChildSpec, Supervisor
 
-from tests.integration.test_worker_process import wait_until
+from tests.support.checks import wait_until
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 # Ignores SIGTERM; touches argv[1] once it does, so the test knows when to signal.

@@ -7,6 +7,8 @@ from tandem.runtime.wire.kv_events_pb2 import KvEvent
 from tandem.worker.block_manager import BlockManager
 from tandem.worker.kv_publisher import KvEventPublisher
 
+from tests.support.kv_state import apply
+
 
 class ListTransport:
     def __init__(self) -> None:
@@ -14,22 +16,6 @@ class ListTransport:
 
     async def publish_kv_event(self, event: KvEvent) -> None:
         self.events.append(event)
-
-
-def apply(events: list[KvEvent], state: dict[int, int | None]) -> None:
-    """A minimal reader: block hash -> parent hash, as a router index would keep."""
-    for ev in events:
-        kind = ev.WhichOneof("data")
-        if kind == "cleared":
-            state.clear()
-        elif kind == "stored":
-            parent = ev.stored.parent_hash if ev.stored.HasField("parent_hash") else None
-            for block in ev.stored.blocks:
-                state[block.block_hash] = parent
-                parent = block.block_hash
-        else:
-            for h in ev.removed.block_hashes:
-                state.pop(h, None)
 
 
 def test_events_are_numbered_from_zero_and_well_formed() -> None:
