@@ -191,9 +191,14 @@ class Discovery:
 
     # -- live views -------------------------------------------------------------
 
-    def instance_set(self, component: str, model: str | None = None) -> InstanceSet:
-        """A live view of the instances of `component` (optionally serving `model`). Call `start()` on it."""
-        view = InstanceSet(self, instances_prefix(self.namespace, component), model)
+    def instance_set(
+        self, component: str, model: str | None = None, *, log_changes: bool = True
+    ) -> InstanceSet:
+        """A live view of the instances of `component` (optionally serving `model`). Call `start()` on it.
+
+        `log_changes=False` for a view that another view of the same instances already logs.
+        """
+        view = InstanceSet(self, instances_prefix(self.namespace, component), model, log_changes)
         self._views.append(view)
         return view
 
@@ -259,10 +264,13 @@ class InstanceSet:
     its last state; on reconnect it re-lists and reports the differences.
     """
 
-    def __init__(self, discovery: Discovery, prefix: str, model: str | None) -> None:
+    def __init__(
+        self, discovery: Discovery, prefix: str, model: str | None, log_changes: bool = True
+    ) -> None:
         self._discovery = discovery
         self._prefix = prefix
         self._model = model
+        self._log_changes = log_changes
         self._instances: dict[str, InstanceInfo] = {}
         self._callbacks: list[ChangeCallback] = []
         self._task: asyncio.Task[None] | None = None
@@ -362,13 +370,17 @@ class InstanceSet:
         is_new = info.instance_id not in self._instances
         self._instances[info.instance_id] = info
         if is_new:
-            log.info("instance added: %s %s at %s", info.component, info.instance_id, info.endpoint)
+            if self._log_changes:
+                log.info(
+                    "instance added: %s %s at %s", info.component, info.instance_id, info.endpoint
+                )
             await self._notify("added", info)
 
     async def _remove(self, instance_id: str) -> None:
         info = self._instances.pop(instance_id, None)
         if info is not None:
-            log.info("instance removed: %s %s", info.component, instance_id)
+            if self._log_changes:
+                log.info("instance removed: %s %s", info.component, instance_id)
             await self._notify("removed", info)
 
     async def _notify(self, kind: ChangeKind, info: InstanceInfo) -> None:

@@ -157,19 +157,19 @@ class OpenAIServer:
         )
 
     async def _get_model(self, request: web.Request) -> web.Response:
-        model = self._models.get(request.match_info["model"])
-        if model is None:
-            raise ModelNotFoundError(
-                f"The model '{request.match_info['model']}' does not exist.", param="model"
-            )
-        return web.json_response(self._model_object(model))
+        return web.json_response(self._model_object(self._model(request.match_info["model"])))
 
     # -- generation ----------------------------------------------------------------------
 
     def _model(self, name: str) -> ServedModel:
         model = self._models.get(name)
         if model is None:
-            raise ModelNotFoundError(f"The model '{name}' does not exist.", param="model")
+            # Naming what is served catches typos, and says when no worker has registered yet.
+            served = ", ".join(sorted(m.name for m in self._models.served()))
+            raise ModelNotFoundError(
+                f"The model '{name}' does not exist. Served here: {served or 'none yet'}.",
+                param="model",
+            )
         return model
 
     async def _encode(self, model: ServedModel, text: str) -> list[int]:

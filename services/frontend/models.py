@@ -177,7 +177,8 @@ class ModelRegistry:
                 path,
                 time.monotonic() - started,
             )
-        workers = self._discovery.instance_set("worker", model=card.name)
+        # The all-workers view already logs every worker that comes and goes.
+        workers = self._discovery.instance_set("worker", model=card.name, log_changes=False)
         await workers.start()
         # Router metrics have fixed names: only the first model's router may register them.
         router: BaseRouter

@@ -156,6 +156,7 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="no-such-model", messages=CHAT)
     assert info.value.code == "model_not_found"
+    assert MODEL in info.value.message  # names what is served instead
 
 
 def test_client_errors_through_the_openai_client(client: openai.OpenAI) -> None:

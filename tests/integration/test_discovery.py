@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import textwrap
@@ -54,6 +55,19 @@ async def test_model_filter_only_shows_matching_instances(discovery: Discovery) 
     view = await discovery.instance_set("worker", model="m2").start()
     await view.wait_for(lambda d: "b" in d, timeout=10)
     assert set(view.instances) == {"b"}
+
+
+async def test_a_quiet_view_does_not_repeat_the_change_log(
+    discovery: Discovery, caplog: pytest.LogCaptureFixture
+) -> None:
+    loud = await discovery.instance_set("worker").start()
+    quiet = await discovery.instance_set("worker", model="m", log_changes=False).start()
+    with caplog.at_level(logging.INFO, logger="tandem.runtime.discovery"):
+        await discovery.register_instance(_info("w1"))
+        for view in (loud, quiet):
+            await view.wait_for(lambda d: "w1" in d, timeout=10)
+    added = [r for r in caplog.records if r.getMessage().startswith("instance added")]
+    assert len(added) == 1 and "w1" in added[0].getMessage()
 
 
 async def test_model_card_round_trip(discovery: Discovery) -> None:
