@@ -80,7 +80,7 @@ class MockerEngine(BaseEngine):
             seq.event.set()
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        seq = self._new_sequence(request)
+        seq = self.new_sequence(request)
         self.scheduler.add(seq)
         self._wake.set()
         try:
@@ -111,9 +111,8 @@ class MockerEngine(BaseEngine):
             decode_step_seconds_avg=self._decode_avg,
         )
 
-    # -- internals -------------------------------------------------------------
-
-    def _new_sequence(self, request: EngineRequest) -> MockSequence:
+    def new_sequence(self, request: EngineRequest) -> MockSequence:
+        """A validated sequence for `request`, not yet scheduled (`generate` adds it)."""
         prompt = request.token_ids
         max_len = self.config.max_model_len
         if not prompt:
@@ -145,6 +144,16 @@ class MockerEngine(BaseEngine):
             banned_ids=frozenset(self.eos_token_ids),
         )
 
+    def step_seconds(self, batch: ScheduledBatch[MockSequence]) -> float:
+        """Simulated wall time of `batch` under the step-time model."""
+        return self.config.step_seconds(
+            batch.num_prefill_tokens,
+            len(batch.decodes),
+            sum(s.num_computed_tokens + 1 for s in batch.decodes),  # context read
+        )
+
+    # -- internals -------------------------------------------------------------
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         sched = self.scheduler
@@ -159,11 +168,7 @@ class MockerEngine(BaseEngine):
                 # Nothing fits this step (only after a preemption); go again at once.
                 await asyncio.sleep(0)
                 continue
-            seconds = self.config.step_seconds(
-                batch.num_prefill_tokens,
-                len(batch.decodes),
-                sum(s.num_computed_tokens + 1 for s in batch.decodes),  # context read
-            )
+            seconds = self.step_seconds(batch)
             self._record(batch, seconds)
             # Sleep to an absolute deadline so scheduling overhead and timer
             # rounding do not slow the simulated clock; never build up debt.
