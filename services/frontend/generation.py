@@ -198,6 +198,7 @@ class Generator:
         matcher = StopStringMatcher(job.sampling.stop) if job.sampling.stop else None
         want_logprobs = job.sampling.logprobs
         generated = job.generated
+        itl = self._metrics.model(model.name).itl
         excluded: list[str] = []
         while True:
             try:
@@ -219,6 +220,10 @@ class Generator:
                     ids = msg.token_ids
                     if ids:
                         now = time.monotonic()
+                        if job.last_token_at:
+                            # Each delivery's gap, per token it carries; a migration's
+                            # stall shows too, as the client saw it.
+                            itl.observe((now - job.last_token_at) / len(ids))
                         if waiting_first:
                             waiting_first = False
                             router.prefill_done(request_id)
@@ -350,7 +355,5 @@ class Generator:
         m.output_tokens.observe(num_out)
         if job.first_token_at:
             m.ttft.observe(job.first_token_at - job.arrived)
-            if num_out > 1:
-                m.itl.observe((job.last_token_at - job.first_token_at) / (num_out - 1))
         if job.usage is not None and job.usage.cached_tokens:
             m.cached_tokens.inc(job.usage.cached_tokens)

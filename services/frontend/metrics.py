@@ -62,7 +62,7 @@ class FrontendMetrics:
         )
         self.itl = factory.histogram(
             "inter_token_latency_seconds",
-            "Mean gap between output tokens of one request.",
+            "Gap between deliveries of a request's output tokens, per token delivered.",
             ("model",),
             buckets=_ITL_BUCKETS,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -300,3 +301,44 @@ async def test_a_broken_stream_migrates_every_request_on_it(
         assert [t for out in outputs for t in out.token_ids] == tokens
     assert sorted(r.request_id for r in healthy.received) == ["m0", "m1", "m2"]
     assert all(r.num_generated_before == 1 for r in healthy.received)
+
+
+@dataclass
+class PacedWorker(FakeWorker):
+    """Sends each token only when the test asks for one, so every token is its own delivery."""
+
+    asks: asyncio.Queue[None] = field(default_factory=asyncio.Queue)
+
+    async def responses(  # type: ignore[override]
+        self, request: worker_pb2.GenerateRequest, trace_context: Mapping[str, str]
+    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        async for response in super().responses(request, trace_context):
+            await self.asks.get()
+            yield response
+
+
+async def test_inter_token_latency_is_observed_per_delivery(
+    tokenizer: Tokenizer, servers: Any
+) -> None:
+    metrics = FrontendMetrics()
+    generator = Generator(WorkerClientPool(), metrics, max_migrations=2)
+    worker = PacedWorker([100, 101, 102, 103])
+    router = ListRouter({"w": await servers(worker)})
+    job = make_job("r8", model_for(tokenizer, router), [5], SamplingOptions(max_tokens=4))
+    stream = generator.stream(job)
+    started = time.monotonic()
+    for _ in range(4):
+        worker.asks.put_nowait(None)
+        out = await anext(stream)
+    elapsed = time.monotonic() - started
+    assert out.finish_reason == "length"
+    await stream.aclose()
+
+    def sample(suffix: str) -> float:
+        value = metrics.registry.get_sample_value(
+            f"tandem_frontend_inter_token_latency_seconds_{suffix}", {"model": "m"}
+        )
+        return float(value or 0.0)
+
+    assert sample("count") == 3  # one per delivery after the first, not one per request
+    assert 0 < sample("sum") <= elapsed
