@@ -133,7 +133,7 @@ async def _wait_ready(config: UpConfig, supervisor: Supervisor) -> list[str]:
             if models:
                 return models
             await asyncio.sleep(0.5)
-    raise RuntimeError("a process kept failing at start; see the log above")
+    raise RuntimeError("a process could not start; see the log above")
 
 
 async def run_up(config: UpConfig, worker_args: list[str]) -> int:

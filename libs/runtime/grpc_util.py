@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import grpc
 
+from .startup import StartupError
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
@@ -37,7 +39,7 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
-class PortInUseError(OSError):
+class PortInUseError(StartupError):
     """The gRPC server could not bind its address."""
 
 
@@ -56,8 +58,8 @@ async def start_server(
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpcio raises when the address is taken
-        raise PortInUseError(f"cannot listen on {address}: {exc}") from None
+        raise PortInUseError(f"the gRPC server cannot listen on {address}: {exc}") from None
     if bound == 0:
-        raise PortInUseError(f"cannot listen on {address} (in use?)")
+        raise PortInUseError(f"the gRPC server cannot listen on {address} (in use?)")
     await server.start()
     return server, bound

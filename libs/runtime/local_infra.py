@@ -9,11 +9,13 @@ last, once the services have deregistered and closed their connections.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,26 @@ def wait_for_port(
         except OSError:
             time.sleep(0.05)
     raise InfraError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def wait_for_etcd_health(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until etcd answers its /health as healthy.
+
+    It opens its client port about a second before it serves (while it elects
+    itself leader); clients that connect in between time out and log alarms.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise InfraError(f"process exited with code {proc.returncode} before it was healthy")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
+                if json.load(resp).get("health") == "true":
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise InfraError(f"etcd on port {port} not healthy after {timeout}s")
 
 
 def find_binary(name: str) -> str:
@@ -89,7 +111,13 @@ class ManagedServer:
             self.proc = subprocess.Popen(
                 self.argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
             )
-        wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+        _wait_ready(self.name, self.port, timeout, self.proc)
+
+
+def _wait_ready(name: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    wait_for_port("127.0.0.1", port, timeout, proc)
+    if name == "etcd":
+        wait_for_etcd_health(port, timeout, proc)
 
 
 def _spawn(name: str, argv: list[str], data_dir: Path, port: int, timeout: float) -> ManagedServer:
@@ -100,7 +128,7 @@ def _spawn(name: str, argv: list[str], data_dir: Path, port: int, timeout: float
         )
     server = ManagedServer(name, proc, data_dir, port, log_path, argv)
     try:
-        wait_for_port("127.0.0.1", port, timeout, proc)
+        _wait_ready(name, port, timeout, proc)
     except InfraError as exc:
         server.stop()
         tail = log_path.read_text(errors="replace")[-2000:]

@@ -11,6 +11,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .startup import binding
+
 PREFIX = "tandem"
 # Latency buckets from 1 ms to ~2 min: serving latencies span that range.
 LATENCY_BUCKETS = (
@@ -79,5 +81,6 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> we
     app.router.add_get("/health", _health)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    with binding("the metrics server", host, port):
+        await web.TCPSite(runner, host, port).start()
     return runner

@@ -3,7 +3,8 @@
 Used by `tandem up`. Children get SIGTERM on shutdown and SIGKILL if they do
 not exit within the grace period. A child that crashes is restarted with
 backoff; one that keeps crashing right after start is given up on (and the
-reason is logged) rather than restarted forever.
+reason is logged) rather than restarted forever, and one that exits with
+EXIT_CANNOT_START (its port is taken, its model is missing) at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+
+from .startup import EXIT_CANNOT_START
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,11 @@ class Supervisor:
             if self._stopping:
                 return
             lived = time.monotonic() - child.started_at
+            if code == EXIT_CANNOT_START:
+                log.error("%s cannot start as configured (its error is above); not restarting it",
+                          child.spec.name)  # fmt: skip
+                self.failed.set()
+                return
             child.quick_restarts = child.quick_restarts + 1 if lived < QUICK_EXIT_SECONDS else 0
             if child.quick_restarts > MAX_QUICK_RESTARTS:
                 log.error(

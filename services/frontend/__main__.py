@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from tandem.runtime.config import parse_config
 from tandem.runtime.logs import setup_logging
+from tandem.runtime.startup import EXIT_CANNOT_START, StartupError
 
 from .config import FrontendConfig
 from .gc_policy import tune_gc
@@ -29,6 +30,9 @@ async def serve(config: FrontendConfig) -> int:
         await frontend.start()
         await stop.wait()
         return 0
+    except StartupError as exc:
+        log.error("frontend cannot start: %s", exc)
+        return EXIT_CANNOT_START
     except Exception:
         log.exception("frontend failed")
         return 1

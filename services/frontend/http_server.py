@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from opentelemetry.trace import SpanKind, Tracer
 from tandem.runtime.metrics import metrics_handler
+from tandem.runtime.startup import binding
 from tandem.runtime.tracing import context_from_metadata, context_to_metadata
 
 from .errors import (
@@ -126,7 +127,8 @@ class OpenAIServer:
         self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=2048, reuse_address=True)
-        await site.start()
+        with binding("the HTTP server", host, port):
+            await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port

@@ -15,6 +15,7 @@ from tandem.runtime.discovery import Discovery, InstanceInfo, replicas_key
 from tandem.runtime.logs import setup_logging
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
+from tandem.runtime.startup import EXIT_CANNOT_START, StartupError
 
 from .config import PlannerConfig
 from .load_view import LoadView
@@ -90,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except asyncio.CancelledError:
             log.info("planner stopped before it was ready")
             return 0
+        except StartupError as exc:
+            log.error("planner cannot start: %s", exc)
+            return EXIT_CANNOT_START
         except (TimeoutError, OSError) as exc:
             # Unreachable nats/etcd at start: say so in one line, not a traceback.
             log.error(

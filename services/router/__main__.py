@@ -17,6 +17,7 @@ from tandem.runtime.grpc_util import start_server
 from tandem.runtime.logs import setup_logging
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
+from tandem.runtime.startup import EXIT_CANNOT_START, StartupError
 from tandem.runtime.wire import router_pb2_grpc
 
 from .config import RouterConfig
@@ -78,20 +79,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(RouterConfig, argv, prog="tandem router")
     setup_logging(config.log_level, component=COMPONENT)
 
-    async def run() -> None:
+    async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+        try:
+            await serve(config, stop)
+        except StartupError as exc:
+            log.error("router cannot start: %s", exc)
+            return EXIT_CANNOT_START
+        return 0
 
     with contextlib.suppress(KeyboardInterrupt):
         try:
             import uvloop
         except ImportError:
-            asyncio.run(run())
+            return asyncio.run(run())
         else:
-            uvloop.run(run())
+            return uvloop.run(run())
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from tandem.runtime.config import add_arguments, config_from_namespace
 from tandem.runtime.logs import setup_logging
+from tandem.runtime.startup import EXIT_CANNOT_START, StartupError
 
 from .config import WorkerConfig
 from .registry import EngineUnavailable, load_engine
@@ -72,6 +73,9 @@ async def serve(config: WorkerConfig, engine_config: Any) -> int:
         await server.start()
         await stop.wait()
         return 0
+    except StartupError as exc:
+        log.error("worker cannot start: %s", exc, extra={"instance_id": config.instance_id})
+        return EXIT_CANNOT_START
     except Exception:
         log.exception("worker failed", extra={"instance_id": config.instance_id})
         return 1

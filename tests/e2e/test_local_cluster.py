@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ def test_tandem_up_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> Non
         assert len(child_pids) == 3  # two workers and a frontend
         infra_urls = re.findall(r"started nats at (\S+) and etcd at (\S+)", text)
         assert infra_urls
+        assert "etcd unreachable" not in text  # services start once etcd serves, not before
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log_path.read_text()
@@ -71,6 +73,25 @@ def test_tandem_up_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_tandem_up_gives_up_at_once_when_its_http_port_is_taken(infra: LocalInfra) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "tandem.runtime.cli", "up", "--engine", "mocker", "--workers", "1",
+             "--http-port", str(port), "--http-host", "127.0.0.1",
+             "--nats", infra.nats_url, "--etcd", infra.etcd_url, "--namespace", "taken-port"],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert f"frontend cannot start: the HTTP server cannot listen on 127.0.0.1:{port}" in out
+    assert "frontend cannot start as configured" in out and "not restarting it" in out
+    assert "restarting in" not in out and "Traceback" not in out
 
 
 @pytest.fixture

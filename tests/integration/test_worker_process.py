@@ -6,6 +6,8 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,11 +20,12 @@ from tandem.runtime.discovery import Discovery
 from tandem.runtime.local_infra import LocalInfra
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.model_card import ModelCard
+from tandem.runtime.startup import EXIT_CANNOT_START
 from tandem.runtime.wire import kv_events_pb2, worker_pb2, worker_pb2_grpc
 
 from tests.support.checks import scrape, wait_until
 from tests.support.kv_state import apply
-from tests.support.processes import ServiceProcess, spawn_mocker_worker, worker_ready
+from tests.support.processes import ServiceProcess, infra_flags, spawn_mocker_worker, worker_ready
 
 
 @dataclass
@@ -328,3 +331,18 @@ async def test_sigterm_aborts_streams_and_deregisters_at_once(
         assert "worker stopped" in w.proc.log_text()
     finally:
         await discovery.close()
+
+
+def test_a_missing_model_file_is_one_clear_line_and_exit_code(
+    infra: LocalInfra, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-model.gguf"
+    result = subprocess.run(
+        [sys.executable, "-m", "tandem.worker", "--engine", "torch", "--model-path", str(missing),
+         *infra_flags(infra, "missing-model"), "--host", "127.0.0.1", "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode == EXIT_CANNOT_START, out
+    assert f"worker cannot start: model not found: '{missing}'" in out
+    assert "Traceback" not in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+from tandem.runtime.startup import StartupError
 
 from .config import TorchEngineConfig
 from .model_config import ModelConfig
@@ -17,7 +18,9 @@ def load_weights(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
         return load_safetensors_dir(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"model not found: {path!r}")
+        raise StartupError(
+            f"model not found: {path!r} (--model-path takes a GGUF file or a safetensors directory)"
+        )
     from .gguf_loader import load_gguf
 
     return load_gguf(path)

@@ -8,6 +8,7 @@ import os
 
 import torch
 from safetensors.torch import load_file
+from tandem.runtime.startup import StartupError
 
 from .model_config import ModelConfig
 
@@ -46,7 +47,7 @@ def load_safetensors_dir(directory: str) -> tuple[ModelConfig, dict[str, torch.T
     config = read_hf_config(directory)
     files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
     if not files:
-        raise FileNotFoundError(f"no *.safetensors in {directory}")
+        raise StartupError(f"no *.safetensors in {directory}")
     weights: dict[str, torch.Tensor] = {}
     for file in files:
         weights.update(load_file(file))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 from pathlib import Path
 
+from tandem.runtime.startup import EXIT_CANNOT_START
 from tandem.runtime.supervisor import ChildSpec, Supervisor
 
 from tests.support.checks import wait_until
@@ -46,5 +48,22 @@ async def test_stop_child_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> 
         assert await supervisor.stop_child("stubborn")
         assert child.proc.returncode == -signal.SIGKILL
         assert supervisor.names == []
+    finally:
+        await supervisor.stop()
+
+
+async def test_a_child_that_cannot_start_is_not_restarted(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    # Counts its starts, then exits as a service whose port is taken would.
+    cannot_start = [sys.executable, "-c",
+                    f"import sys; open(sys.argv[1], 'a').write('x'); sys.exit({EXIT_CANNOT_START})",
+                    str(starts)]  # fmt: skip
+    supervisor = Supervisor(grace_seconds=1)
+    try:
+        await supervisor.start(ChildSpec("frontend", cannot_start))
+        await asyncio.wait_for(supervisor.failed.wait(), 20)
+        [child] = supervisor._children
+        assert child.proc is not None and child.proc.returncode == EXIT_CANNOT_START
+        assert starts.read_text() == "x"  # started once, never again
     finally:
         await supervisor.stop()
