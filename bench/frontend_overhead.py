@@ -281,6 +281,12 @@ async def run_level(
     return result
 
 
+def reference_prompt(n: int, length: int) -> list[int]:
+    """Prompt `n` of the engine reference: a first block shared by all (as a chat
+    template's system prompt is), then tokens of its own."""
+    return list(range(16)) + [1000 + (n * 7 + k) % 40000 for k in range(length - 16)]
+
+
 async def engine_reference(
     workers: int,
     speedup: float,
@@ -290,10 +296,7 @@ async def engine_reference(
     max_requests: int,
     max_seconds: float,
 ) -> float:
-    """Output tok/s of `workers` in-process mocker engines under the same closed-loop load.
-
-    Prompts share their first block, as the chat template's system prompt does.
-    """
+    """Output tok/s of `workers` in-process mocker engines under the same closed-loop load."""
     from tandem.worker.engine import EngineRequest, SamplingConfig
     from tandem.worker.kv_publisher import KvEventPublisher
     from tandem.worker.mocker import MockerConfig, MockerEngine
@@ -313,8 +316,7 @@ async def engine_reference(
         while issued < max_requests and time.perf_counter() < deadline:
             n = issued
             issued += 1
-            prompt = list(range(16)) + [1000 + (n * 7 + k) % 40000 for k in range(prompt_len - 16)]
-            request = EngineRequest(f"reference-{n}", prompt, sampling)
+            request = EngineRequest(f"reference-{n}", reference_prompt(n, prompt_len), sampling)
             async for out in engines[n % workers].generate(request):
                 tokens += len(out.token_ids)
 
