@@ -93,7 +93,7 @@ class Cluster:
     """nats + etcd + mocker workers + frontend as child processes."""
 
     def __init__(self, workers: int, speedup: float, router_mode: str, log_dir: Path) -> None:
-        from tandem.runtime.local_infra import LocalInfra, free_port
+        from tandem.launcher.local_infra import LocalInfra, free_port
 
         self.log_dir = log_dir
         self.infra = LocalInfra.start(log_dir / "infra")

@@ -23,7 +23,8 @@ import time
 from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
 from tandem.runtime.block_hash import sequence_hashes
-from tandem.runtime.discovery import ChangeCallback, InstanceInfo
+from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.instance_set import ChangeCallback
 from tandem.runtime.wire.kv_events_pb2 import KvEvent, StoredBlock
 
 BLOCK_SIZE = 16
@@ -187,9 +188,9 @@ async def replay_rate(num_events: int) -> None:
     import tempfile
     from pathlib import Path
 
+    from tandem.launcher.local_infra import InfraError, LocalInfra
     from tandem.router.kv_event_follower import KvEventFollower
     from tandem.router.radix_index import RadixIndex
-    from tandem.runtime.local_infra import InfraError, LocalInfra
     from tandem.runtime.messaging import Messaging
 
     try:

@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from prometheus_client import CollectorRegistry
+from tandem.launcher.local_infra import LocalInfra
 from tandem.router import cost_model
 from tandem.router.api import BaseRouter, RouteResult
 from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
-from tandem.router.policies import candidates, make_router
+from tandem.router.policy_registry import RouterDeps, make_router
+from tandem.router.worker_view import candidates
 from tandem.runtime.discovery import Discovery
-from tandem.runtime.local_infra import LocalInfra
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
@@ -174,19 +174,17 @@ async def run_mode(
     saved_cost = cost_model.PREFILL_BLOCK_COST
     router: BaseRouter
     if mode == "oracle":
-        router = OracleRouter(
-            KvRouter(RoutingConfig(), workers, messaging=messaging, registry=CollectorRegistry())
-        )
+        router = OracleRouter(KvRouter(RoutingConfig(), workers, messaging=messaging))
     elif mode == "kv-raw":
         cost_model.PREFILL_BLOCK_COST = 1.0
         router = make_router(
-            RoutingConfig(router_mode="kv"), workers, messaging, discovery, CollectorRegistry()
+            RoutingConfig(router_mode="kv"), workers, RouterDeps(messaging, discovery)
         )
     else:
         if mode == "kv" and args.prefill_block_cost is not None:
             cost_model.PREFILL_BLOCK_COST = args.prefill_block_cost
         router = make_router(
-            RoutingConfig(router_mode=mode), workers, messaging, discovery, CollectorRegistry()
+            RoutingConfig(router_mode=mode), workers, RouterDeps(messaging, discovery)
         )
     await router.start()
     channels = {info.endpoint: grpc.aio.insecure_channel(info.endpoint) for info in workers}

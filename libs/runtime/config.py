@@ -13,7 +13,7 @@ import inspect
 import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -70,18 +70,47 @@ def _convert(raw: str, annotation: Any) -> Any:
     return base(raw)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
-    """Add one flag per field of dataclass `cls` to `parser`."""
+def _is_nested(annotation: Any) -> bool:
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+
+
+def _field_default(field: dataclasses.Field[Any], missing: Any = None) -> Any:
+    """The default declared on `field` (its factory called), else `missing`."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return missing
+
+
+def flat_fields(
+    cls: type[Any], defaults: Any = None
+) -> list[tuple[dataclasses.Field[Any], Any, Any]]:
+    """(field, type, default) of every settable field of `cls`, nested dataclasses flattened.
+
+    A field whose type is itself a config dataclass contributes its own fields
+    instead (so `--max-num-seqs` stays one flat flag); their defaults are the
+    ones of the outer field's default value, so each outer class keeps its own.
+    """
     hints = typing.get_type_hints(cls)
+    flat: list[tuple[dataclasses.Field[Any], Any, Any]] = []
     for field in dataclasses.fields(cls):
         if not field.init:
             continue
         annotation = hints[field.name]
+        default = _field_default(field) if defaults is None else getattr(defaults, field.name)
+        if _is_nested(annotation):
+            flat.extend(flat_fields(annotation, default))
+        else:
+            flat.append((field, annotation, default))
+    return flat
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+    """Add one flag per field of dataclass `cls` (nested config dataclasses flattened) to `parser`."""
+    for field, annotation, default in flat_fields(cls):
         base = _base_type(annotation)
         help_text = field.metadata.get("help", "")
-        default = field.default if field.default is not dataclasses.MISSING else None
-        if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = field.default_factory()  # type: ignore[misc]
         shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
         help_text = f"{help_text} [env {env_name(field)}; default: {shown}]"
         kwargs: dict[str, Any] = {"dest": field.name, "help": help_text, "default": None}
@@ -95,25 +124,41 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         parser.add_argument(flag_name(field), **kwargs)
 
 
-def config_from_namespace(
-    cls: type[T], namespace: argparse.Namespace, environ: Mapping[str, str] | None = None
-) -> T:
-    """Fill `cls` from parsed flags, then environment, then its defaults."""
-    environ = os.environ if environ is None else environ
+def _given_values(
+    cls: type[Any], namespace: argparse.Namespace, environ: Mapping[str, str], defaults: Any
+) -> dict[str, Any]:
+    """The fields of `cls` set by a flag or the environment; nested ones built on `defaults`."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for field in dataclasses.fields(cls):
         if not field.init:
+            continue
+        annotation = hints[field.name]
+        if _is_nested(annotation):
+            base = _field_default(field) if defaults is None else getattr(defaults, field.name)
+            inner = _given_values(annotation, namespace, environ, base)
+            if inner:
+                values[field.name] = (
+                    annotation(**inner) if base is None else dataclasses.replace(base, **inner)
+                )
             continue
         given = getattr(namespace, field.name, None)
         if given is not None:
             values[field.name] = given
         elif env_name(field) in environ:
             try:
-                values[field.name] = _convert(environ[env_name(field)], hints[field.name])
+                values[field.name] = _convert(environ[env_name(field)], annotation)
             except ValueError as exc:
                 raise SystemExit(f"invalid {env_name(field)}: {exc}") from None
-    return cls(**values)
+    return values
+
+
+def config_from_namespace(
+    cls: type[T], namespace: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> T:
+    """Fill `cls` from parsed flags, then environment, then its defaults."""
+    environ = os.environ if environ is None else environ
+    return cls(**_given_values(cls, namespace, environ, None))
 
 
 def _parser(cls: type[Any], prog: str | None, description: str | None) -> argparse.ArgumentParser:
@@ -180,3 +225,79 @@ class RuntimeConfig:
         "OpenTelemetry span exporter: none (trace context is still passed on) or console (JSON on stdout).",
         choices=("none", "console"),
     )
+
+
+def config_to_argv(
+    config: Any, *, omit: Collection[str] = (), environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """The flags that make `parse_config(type(config), argv, environ=environ)` return `config`.
+
+    A field is passed only when the child would not arrive at its value by
+    itself, i.e. when it differs from what the child's `environ` (default: this
+    process's environment, which children inherit) or else the field's declared
+    default gives; so a child keeps its own defaults and `TANDEM_*` settings for
+    everything else, and a flag given here still wins over the environment
+    there. Fields of a nested config dataclass become flat flags. `omit` names
+    fields never passed, such as a value each process draws for itself (a
+    worker's random instance id, which its `__post_init__` fills in).
+    """
+    environ = os.environ if environ is None else environ
+    argv: list[str] = []
+    _append_flags(argv, config, None, omit, environ)
+    return argv
+
+
+def _append_flags(
+    argv: list[str],
+    config: Any,
+    defaults: Any,
+    omit: Collection[str],
+    environ: Mapping[str, str],
+) -> None:
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        if not field.init or field.name in omit:
+            continue
+        value = getattr(config, field.name)
+        if defaults is None:
+            default = _field_default(field, dataclasses.MISSING)
+        else:
+            default = getattr(defaults, field.name)
+        if _is_nested(hints[field.name]):
+            _append_flags(argv, value, None if default is dataclasses.MISSING else default, omit,
+                          environ)  # fmt: skip
+        elif value != _child_value(field, hints[field.name], default, environ):
+            argv.extend(_flag_tokens(field, value))
+
+
+def _child_value(
+    field: dataclasses.Field[Any], annotation: Any, default: Any, environ: Mapping[str, str]
+) -> Any:
+    """What a child given no flag for `field` would take: its environment, else the default."""
+    raw = environ.get(env_name(field))
+    if raw is None:
+        return default
+    try:
+        return _convert(raw, annotation)
+    except ValueError:
+        return dataclasses.MISSING  # the child would refuse it: pass the flag
+
+
+def _flag_tokens(field: dataclasses.Field[Any], value: Any) -> list[str]:
+    """One field as `add_arguments` parses it: --x / --no-x for bools, "a,b" for lists."""
+    flag = flag_name(field)
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag.removeprefix("--")]
+    if value is None:
+        raise ValueError(f"{flag}: no flag sets a field back to None")
+    if isinstance(value, list | tuple):
+        items = [str(item) for item in value]
+        if any("," in item for item in items):
+            raise ValueError(f"{flag}: a list item contains a comma: {items!r}")
+        text = ",".join(items)
+    elif isinstance(value, float):
+        text = repr(value)  # exact: float(repr(x)) == x
+    else:
+        text = str(value)
+    # "--flag=-1" rather than "--flag -1": argparse would take "-1" for a flag.
+    return [f"{flag}={text}"] if text.startswith("-") else [flag, text]

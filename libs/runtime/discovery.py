@@ -1,8 +1,7 @@
 """etcd discovery: one lease per process, registrations under it, live views by prefix watch.
 
-Keys (DESIGN.md): `tandem/{namespace}/instances/{component}/{instance_id}` and
-`tandem/{namespace}/models/{model}`. Every registration is bound to the
-process's lease, so a dead process disappears by itself within the TTL.
+Keys are spelled in keys.py. Every registration is bound to the process's
+lease, so a dead process disappears by itself within the TTL.
 
 etcd may go away for a while. Nothing here raises to the caller because of
 that: registrations are remembered and written again (under a new lease if
@@ -17,89 +16,19 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
-import grpc
-from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio import Etcd3Client, prefix_range_end
 
+from .etcd_client import ETCD_ERRORS, RETRY_SECONDS, new_etcd_client, normalize_endpoints
+from .instance_info import InstanceInfo
+from .instance_set import InstanceSet
+from .keys import instance_key, instances_prefix, model_key, models_prefix
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-Role = Literal["aggregated", "prefill", "decode"]
-ChangeKind = Literal["added", "removed"]
 DEFAULT_LEASE_TTL = 10
-_RETRY_SECONDS = 1.0
-# Keep gRPC from backing off for minutes after an etcd outage.
-_CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
-# What an etcd call raises while etcd is unreachable (also for callers of `Discovery.client`).
-ETCD_ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
-
-
-def instances_prefix(namespace: str, component: str | None = None) -> str:
-    base = f"tandem/{namespace}/instances/"
-    return base if component is None else f"{base}{component}/"
-
-
-def instance_key(namespace: str, component: str, instance_id: str) -> str:
-    return f"{instances_prefix(namespace, component)}{instance_id}"
-
-
-def models_prefix(namespace: str) -> str:
-    return f"tandem/{namespace}/models/"
-
-
-def model_key(namespace: str, model: str) -> str:
-    return f"{models_prefix(namespace)}{model}"
-
-
-def replicas_key(namespace: str, model: str) -> str:
-    """Where the planner writes how many workers `model` should have (see services/planner)."""
-    return f"tandem/{namespace}/planner/replicas/{model}"
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceInfo:
-    """What a process publishes about itself under its lease."""
-
-    instance_id: str
-    component: str
-    endpoint: str
-    model: str = ""
-    role: Role = "aggregated"
-    block_size: int = 0
-    total_blocks: int = 0
-    started_at: float = 0.0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> InstanceInfo:
-        data = json.loads(raw)
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
-
-
-def normalize_endpoints(endpoints: str | list[str]) -> list[str]:
-    """'http://a:2379,b:2379' -> ['a:2379', 'b:2379']."""
-    items = endpoints.split(",") if isinstance(endpoints, str) else endpoints
-    out = []
-    for item in items:
-        item = item.strip()
-        for scheme in ("http://", "https://"):
-            item = item.removeprefix(scheme)
-        if item:
-            out.append(item)
-    if not out:
-        raise ValueError("no etcd endpoint given")
-    return out
 
 
 class Discovery:
@@ -111,8 +40,7 @@ class Discovery:
         self.endpoints = normalize_endpoints(endpoints)
         self.namespace = namespace
         self.lease_ttl = lease_ttl
-        self._client = Etcd3Client(self.endpoints, rpc_max_attempts=1)
-        self._client._manager.grpc_options.extend(_CHANNEL_OPTIONS)  # no public hook for options
+        self._client = new_etcd_client(self.endpoints)
         self._lease_id: int | None = None
         self._registrations: dict[str, str] = {}
         self._unwritten: set[str] = set()  # registrations whose last write failed
@@ -198,9 +126,19 @@ class Discovery:
 
         `log_changes=False` for a view that another view of the same instances already logs.
         """
-        view = InstanceSet(self, instances_prefix(self.namespace, component), model, log_changes)
+        view = InstanceSet(
+            self._client,
+            instances_prefix(self.namespace, component),
+            model,
+            log_changes,
+            on_close=self._forget_view,
+        )
         self._views.append(view)
         return view
+
+    def _forget_view(self, view: InstanceSet) -> None:
+        with contextlib.suppress(ValueError):  # closed twice
+            self._views.remove(view)
 
     # -- lease ----------------------------------------------------------------
 
@@ -231,7 +169,7 @@ class Discovery:
                 if outage_since is None:
                     outage_since = time.monotonic()
                     log.warning("etcd unreachable, serving from what is known: %s", exc)
-                await asyncio.sleep(_RETRY_SECONDS)
+                await asyncio.sleep(RETRY_SECONDS)
 
     async def _write_unwritten(self, lease_id: int) -> None:
         for key in sorted(self._unwritten):
@@ -251,143 +189,3 @@ class Discovery:
             return False
         finally:
             stream.cancel()
-
-
-ChangeCallback = Callable[[ChangeKind, "InstanceInfo"], None]
-
-
-class InstanceSet:
-    """A live, read-only view of instances under one etcd prefix, kept current by a watch.
-
-    `instances` maps instance_id -> InstanceInfo. Callbacks run on the event
-    loop for each addition or removal. When etcd is unreachable the view keeps
-    its last state; on reconnect it re-lists and reports the differences.
-    """
-
-    def __init__(
-        self, discovery: Discovery, prefix: str, model: str | None, log_changes: bool = True
-    ) -> None:
-        self._discovery = discovery
-        self._prefix = prefix
-        self._model = model
-        self._log_changes = log_changes
-        self._instances: dict[str, InstanceInfo] = {}
-        self._callbacks: list[ChangeCallback] = []
-        self._task: asyncio.Task[None] | None = None
-        self._synced = asyncio.Event()
-        self._changed = asyncio.Condition()
-
-    @property
-    def instances(self) -> dict[str, InstanceInfo]:
-        return self._instances
-
-    def __iter__(self) -> Iterator[InstanceInfo]:
-        return iter(list(self._instances.values()))
-
-    def __len__(self) -> int:
-        return len(self._instances)
-
-    def get(self, instance_id: str) -> InstanceInfo | None:
-        return self._instances.get(instance_id)
-
-    def on_change(self, callback: ChangeCallback) -> None:
-        self._callbacks.append(callback)
-
-    async def start(self, timeout: float = 30.0) -> InstanceSet:
-        """Start watching; returns after the first full listing."""
-        self._task = asyncio.create_task(self._run(), name=f"etcd-watch {self._prefix}")
-        await asyncio.wait_for(self._synced.wait(), timeout)
-        return self
-
-    async def close(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
-        with contextlib.suppress(ValueError):
-            self._discovery._views.remove(self)
-
-    async def wait_for(
-        self, predicate: Callable[[dict[str, InstanceInfo]], bool], timeout: float
-    ) -> None:
-        """Wait until `predicate(instances)` holds (e.g. `lambda d: len(d) >= 2`)."""
-        async with asyncio.timeout(timeout):
-            async with self._changed:
-                await self._changed.wait_for(lambda: predicate(self._instances))
-
-    async def _run(self) -> None:
-        client = self._discovery.client
-        end = prefix_range_end(self._prefix)
-        while True:
-            try:
-                resp = await client.kv.get(self._prefix, range_end=end, timeout=5)  # type: ignore[union-attr]
-                listed = {}
-                for kv in resp.kvs:
-                    info = self._parse(kv.value)
-                    if info is not None:
-                        listed[info.instance_id] = info
-                await self._replace(listed)
-                self._synced.set()
-                revision = resp.header.revision + 1
-                assert client.watch is not None  # connected in Discovery.start()
-                async for watch_resp in client.watch.watch(
-                    self._prefix, range_end=end, start_revision=revision
-                ):
-                    if watch_resp.canceled:
-                        break
-                    for event in watch_resp.events:
-                        key = event.kv.key.decode()
-                        instance_id = key.rsplit("/", 1)[-1]
-                        if event.type == 0:  # PUT
-                            info = self._parse(event.kv.value)
-                            if info is not None:
-                                await self._set(info)
-                        else:
-                            await self._remove(instance_id)
-            except asyncio.CancelledError:
-                raise
-            except ETCD_ERRORS as exc:
-                log.warning(
-                    "etcd watch on %s interrupted, keeping last view: %s", self._prefix, exc
-                )
-                await asyncio.sleep(_RETRY_SECONDS)
-
-    def _parse(self, raw: bytes) -> InstanceInfo | None:
-        try:
-            info = InstanceInfo.from_json(raw)
-        except (ValueError, TypeError) as exc:
-            log.warning("ignoring malformed instance record under %s: %s", self._prefix, exc)
-            return None
-        if self._model is not None and info.model != self._model:
-            return None
-        return info
-
-    async def _replace(self, listed: dict[str, InstanceInfo]) -> None:
-        for instance_id in [i for i in self._instances if i not in listed]:
-            await self._remove(instance_id)
-        for info in listed.values():
-            await self._set(info)
-
-    async def _set(self, info: InstanceInfo) -> None:
-        is_new = info.instance_id not in self._instances
-        self._instances[info.instance_id] = info
-        if is_new:
-            if self._log_changes:
-                log.info(
-                    "instance added: %s %s at %s", info.component, info.instance_id, info.endpoint
-                )
-            await self._notify("added", info)
-
-    async def _remove(self, instance_id: str) -> None:
-        info = self._instances.pop(instance_id, None)
-        if info is not None:
-            if self._log_changes:
-                log.info("instance removed: %s %s", info.component, instance_id)
-            await self._notify("removed", info)
-
-    async def _notify(self, kind: ChangeKind, info: InstanceInfo) -> None:
-        for callback in self._callbacks:
-            try:
-                callback(kind, info)
-            except Exception:  # a buggy listener must not stop discovery
-                log.exception("instance change callback failed")
-        async with self._changed:
-            self._changed.notify_all()

@@ -1,29 +1,23 @@
-"""Tokenizers from a GGUF file (or an HF directory), and incremental detokenization.
+"""A model's tokenizer, built from a GGUF file (or an HF directory).
 
-A GGUF carries its tokenizer as metadata (`tokenizer.ggml.*`): for byte-level
-BPE models ("gpt2") the vocabulary, the merges and the token types. We build
-a `tokenizers.Tokenizer` from them exactly as HF transformers does, so ids
-match `AutoTokenizer.from_pretrained(dir, gguf_file=...)`.
-
-Detokenization while streaming works on bytes: every token id maps to the
-bytes it stands for (a table built once), so a step is a list lookup and an
-incremental UTF-8 decode that holds back a character split across tokens.
+For byte-level BPE GGUFs ("gpt2") we build a `tokenizers.Tokenizer` from the
+file's vocabulary, merges and token types exactly as HF transformers does, so
+ids match `AutoTokenizer.from_pretrained(dir, gguf_file=...)`. Every token id
+also maps to the bytes it stands for, the table streaming detokenization uses.
 """
 
 from __future__ import annotations
 
-import codecs
-import mmap
 import os
 import re
-import struct
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from tandem.runtime.chat_template import ChatTemplate
+from tandem.runtime.detokenizer import IncrementalDetokenizer
+from tandem.runtime.gguf_reader import GgufTokenizerData, read_gguf_tokenizer
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 
@@ -56,105 +50,6 @@ def bytes_to_unicode() -> dict[int, str]:
             chars.append(256 + n)
             n += 1
     return dict(zip(printable, map(chr, chars), strict=True))
-
-
-@dataclass(frozen=True, slots=True)
-class GgufTokenizerData:
-    """The tokenizer metadata of a GGUF file, as plain Python values."""
-
-    model: str
-    pre: str
-    tokens: list[str]
-    token_types: list[int]
-    merges: list[str]
-    bos_token_id: int | None
-    eos_token_id: int | None
-    add_bos_token: bool
-    chat_template: str | None
-    context_length: int | None
-
-
-# GGUF value types (gguf spec) -> struct format of one scalar; 8 is string, 9 array.
-_GGUF_SCALARS = {
-    0: "B",
-    1: "b",
-    2: "H",
-    3: "h",
-    4: "I",
-    5: "i",
-    6: "f",
-    7: "?",
-    10: "Q",
-    11: "q",
-    12: "d",
-}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def read_gguf_metadata(path: str) -> dict[str, Any]:
-    """A GGUF file's key/value metadata (tensors are not read): strings, numbers and lists.
-
-    Own parser rather than `gguf.GGUFReader`, which builds numpy views for every
-    element and takes seconds on a 49k-token vocabulary.
-    """
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        if buf[:4] != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        version, _num_tensors, num_kv = struct.unpack_from("<IQQ", buf, 4)
-        if version < 2:
-            raise ValueError(f"{path}: GGUF version {version} is not supported")
-        pos = 24
-
-        def string() -> str:
-            nonlocal pos
-            (length,) = struct.unpack_from("<Q", buf, pos)
-            pos += 8 + length
-            return buf[pos - length : pos].decode("utf-8", errors="replace")
-
-        def value(kind: int) -> Any:
-            nonlocal pos
-            if kind == _GGUF_STRING:
-                return string()
-            if kind == _GGUF_ARRAY:
-                item_kind, count = struct.unpack_from("<IQ", buf, pos)
-                pos += 12
-                fmt = _GGUF_SCALARS.get(item_kind)
-                if fmt is None:
-                    return [value(item_kind) for _ in range(count)]
-                size = struct.calcsize(fmt) * count
-                items = list(struct.unpack_from(f"<{count}{fmt}", buf, pos))
-                pos += size
-                return items
-            fmt = _GGUF_SCALARS[kind]
-            (item,) = struct.unpack_from("<" + fmt, buf, pos)
-            pos += struct.calcsize(fmt)
-            return item
-
-        metadata: dict[str, Any] = {}
-        for _ in range(num_kv):
-            key = string()
-            (kind,) = struct.unpack_from("<I", buf, pos)
-            pos += 4
-            metadata[key] = value(kind)
-        return metadata
-
-
-def read_gguf_tokenizer(path: str) -> GgufTokenizerData:
-    """The tokenizer metadata (`tokenizer.*`) of a GGUF file."""
-    meta = read_gguf_metadata(path)
-    arch = meta.get("general.architecture", "")
-    return GgufTokenizerData(
-        model=meta.get("tokenizer.ggml.model", ""),
-        pre=meta.get("tokenizer.ggml.pre", ""),
-        tokens=meta.get("tokenizer.ggml.tokens", []),
-        token_types=meta.get("tokenizer.ggml.token_type", []),
-        merges=meta.get("tokenizer.ggml.merges", []),
-        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
-        add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-        chat_template=meta.get("tokenizer.chat_template"),
-        context_length=meta.get(f"{arch}.context_length"),
-    )
 
 
 def _byte_level_backend(
@@ -394,32 +289,3 @@ class _PieceEncoder:
             if len(self._cache) >= self.MAX_PIECES:
                 del self._cache[next(iter(self._cache))]  # oldest first
             self._cache[piece] = piece_ids
-
-
-_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
-
-
-class IncrementalDetokenizer:
-    """Turns a stream of token ids into text pieces; never splits a UTF-8 character.
-
-    Bytes of a character cut across tokens wait in the decoder until the
-    character is complete, so no replacement character appears mid-stream;
-    `flush()` at the end renders any incomplete tail as U+FFFD.
-    """
-
-    __slots__ = ("_table", "_decoder")
-
-    def __init__(self, table: list[bytes]) -> None:
-        self._table = table
-        self._decoder = _Utf8Decoder(errors="replace")
-
-    def add(self, token_ids: Iterable[int]) -> str:
-        """The text the new tokens complete (possibly "")."""
-        table = self._table
-        return self._decoder.decode(b"".join([table[i] for i in token_ids]))
-
-    def add_one(self, token_id: int) -> str:
-        return self._decoder.decode(self._table[token_id])
-
-    def flush(self) -> str:
-        return self._decoder.decode(b"", final=True)

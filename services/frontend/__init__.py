@@ -1,9 +1,11 @@
-"""The OpenAI-compatible frontend: validate, tokenize, route, stream, detokenize.
+"""The OpenAI-compatible frontend: parse, tokenize, route, stream, detokenize, render.
 
 Modules: `config` (FrontendConfig), `openai_schema` + `validation` + `json_fields` (typed
 requests and their errors), `errors` (exception -> HTTP status), `models` (models from etcd,
-tokenizer and router per model), `worker_client` (gRPC channels to workers),
-`generation` (route -> Worker.GenerateStream -> detokenize -> stop strings -> migration),
-`responses` (OpenAI bodies and SSE chunks), `http_server` (aiohttp routes), `metrics`,
-`app` (the process's parts, started and stopped in order), `__main__` (entry point).
+tokenizer and router per model), `endpoints` (one object per OpenAI API: parse, prompt ids,
+renderer), `job` (the types the generation path shares), `generation` (route ->
+Worker.GenerateStream -> migration), `output_processor` (detokenize, stop strings, logprobs,
+max_tokens, usage), `stop_strings`, `worker_client` (one GenerateStream per worker),
+`responses` (one renderer per API: SSE events and bodies), `http_server` (aiohttp routes),
+`metrics`, `app` (the process's parts, started and stopped in order), `__main__` (entry point).
 """

@@ -55,7 +55,7 @@ class UnsupportedParameterError(InvalidRequestError):
 
 
 class ContextLengthExceededError(InvalidRequestError):
-    """Prompt plus max_tokens does not fit the model's context."""
+    """Prompt plus max_tokens does not fit the model's context (the worker says so)."""
 
     code = "context_length_exceeded"
 

@@ -1,11 +1,13 @@
-"""One request's generation: route -> worker stream -> detokenize -> stop strings.
+"""One request's generation: route -> worker stream -> migrate.
 
 `Generator.stream(job)` yields a `StepOutput` per batch of tokens the worker
-sent since the previous one (one text piece per token) and handles, in one place: the router contract
-(`prefill_done` at the first token, `free` when an attempt ends), stop
-strings, and migration: when the worker's stream breaks (the worker died, or
-left etcd), the request moves to another worker with the tokens generated so
-far (`num_generated_before`), and the client's stream just continues.
+sent since the previous one (the `OutputProcessor` makes it) and handles, in
+one place: the router contract (`prefill_done` at the first token, `free`
+when an attempt ends), the worker's verdict on the request (a bad request is
+a 400, not something to retry elsewhere), and migration: when the worker's
+stream breaks (the worker died, or left etcd), the request moves to another
+worker with the tokens generated so far (`num_generated_before`), and the
+client's stream just continues.
 """
 
 from __future__ import annotations
@@ -13,34 +15,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
 
 import grpc
 from tandem.router.api import NoWorkersError, RouterBusyError
-from tandem.runtime.discovery import InstanceInfo
-from tandem.runtime.tokenizer import IncrementalDetokenizer
+from tandem.runtime.instance_info import InstanceInfo
 from tandem.runtime.wire import worker_pb2
 
 from .errors import (
     ContextLengthExceededError,
     EngineError,
+    FrontendError,
     InvalidRequestError,
     ServiceUnavailableError,
 )
+from .job import GenerationJob, StepOutput
 from .metrics import FrontendMetrics
-from .models import ServedModel
-from .openai_schema import SamplingOptions
-from .stop_strings import StopStringMatcher
+from .output_processor import OutputProcessor
 from .worker_client import RequestStream, WorkerClientPool, WorkerStreamError
 
 log = logging.getLogger(__name__)
 
-_FINISH_REASONS = {
-    worker_pb2.FINISH_REASON_STOP: "stop",
-    worker_pb2.FINISH_REASON_LENGTH: "length",
-    worker_pb2.FINISH_REASON_ABORT: "abort",
-}
 # Stream errors that mean "this worker is gone or broken", not "this request is bad".
 _WORKER_FAILURES = frozenset(
     {
@@ -54,88 +49,43 @@ _WORKER_FAILURES = frozenset(
     }
 )
 
-# (token_id, logprob, [(alternative_id, logprob), ...])
-TokenLogprob = tuple[int, float, list[tuple[int, float]]]
+
+def generate_request(job: GenerationJob) -> worker_pb2.GenerateRequest:
+    """The worker's request for the job's next attempt (the prompt plus what was relayed)."""
+    s = job.sampling
+    generated = job.generated
+    sampling = worker_pb2.SamplingParams(
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        seed=s.seed,
+        # 0: up to the context length, which the worker knows and enforces.
+        max_tokens=s.max_tokens or 0,
+        stop_token_ids=() if s.ignore_eos else job.model.stop_token_ids,
+        ignore_eos=s.ignore_eos,
+        logprobs=s.logprobs,
+        top_logprobs=s.top_logprobs,
+    )
+    return worker_pb2.GenerateRequest(
+        request_id=job.request_id,
+        model=job.model.name,
+        token_ids=job.prompt_ids + generated if generated else job.prompt_ids,
+        sampling=sampling,
+        num_generated_before=len(generated),
+    )
 
 
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
+def rejection(job: GenerationJob, exc: WorkerStreamError) -> FrontendError:
+    """The client's error for a request the worker refused (`exc.code` not a worker failure).
 
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(slots=True)
-class StepOutput:
-    """What one worker message adds: `texts[i]` is the text released with `token_ids[i]`.
-
-    The final output carries `finish_reason`, and any text held back until the end
-    (an incomplete character, a partial stop string) as one extra piece with no token.
+    The worker's messages are written for the client. The frontend checked every
+    sampling field itself, so what a worker can still refuse is the prompt.
     """
-
-    token_ids: list[int]
-    texts: list[str]
-    logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None
-
-
-@dataclass(slots=True)
-class GenerationJob:
-    """A validated, tokenized request and what happened to it so far."""
-
-    request_id: str
-    model: ServedModel
-    prompt_ids: list[int]
-    sampling: SamplingOptions
-    max_tokens: int
-    arrived: float = field(default_factory=time.monotonic)
-    generated: list[int] = field(default_factory=list)
-    usage: Usage | None = None
-    first_token_at: float = 0.0
-    last_token_at: float = 0.0
-    num_migrations: int = 0
-    # W3C trace context from the client (traceparent/tracestate), passed on as gRPC metadata.
-    trace_metadata: tuple[tuple[str, str], ...] = ()
-
-
-def make_job(
-    request_id: str, model: ServedModel, prompt_ids: list[int], sampling: SamplingOptions
-) -> GenerationJob:
-    """Check the prompt against the model (vocabulary, context length); resolve max_tokens."""
-    tokenizer = model.tokenizer
-    if not prompt_ids:
-        raise InvalidRequestError(
-            "The prompt is empty after tokenization.", param="prompt", code="empty_prompt"
-        )
-    vocab_size = tokenizer.vocab_size
-    if max(prompt_ids) >= vocab_size:
-        bad = next(t for t in prompt_ids if t >= vocab_size)
-        raise InvalidRequestError(
-            f"Token id {bad} is out of vocabulary (size {vocab_size}).",
-            param="prompt",
-            code="invalid_value",
-        )
-    context = model.context_length
-    num_prompt = len(prompt_ids)
-    max_tokens = sampling.max_tokens
-    if context:
-        if max_tokens is None:
-            max_tokens = context - num_prompt
-        if num_prompt + max_tokens > context or max_tokens <= 0:
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {context} tokens. However, you requested "
-                f"{num_prompt + max(max_tokens, 0)} tokens ({num_prompt} in the messages, "
-                f"{max_tokens} in the "
-                "completion). Please reduce the length of the messages or completion.",
-                param="max_tokens" if sampling.max_tokens is not None else "messages",
-            )
-    elif max_tokens is None:
-        max_tokens = 4096
-    return GenerationJob(request_id, model, prompt_ids, sampling, max_tokens)
+    if exc.code == grpc.StatusCode.OUT_OF_RANGE:
+        return ContextLengthExceededError(exc.details, param=job.length_param)
+    if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidRequestError(exc.details, param=job.prompt_param)
+    return EngineError(f"worker rejected the request: {exc.details}")
 
 
 class Generator:
@@ -167,36 +117,13 @@ class Generator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _request(self, job: GenerationJob) -> worker_pb2.GenerateRequest:
-        s = job.sampling
-        generated = job.generated
-        sampling = worker_pb2.SamplingParams(
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            seed=s.seed,
-            max_tokens=job.max_tokens,
-            stop_token_ids=() if s.ignore_eos else job.model.stop_token_ids,
-            ignore_eos=s.ignore_eos,
-            logprobs=s.logprobs,
-            top_logprobs=s.top_logprobs,
-        )
-        return worker_pb2.GenerateRequest(
-            request_id=job.request_id,
-            model=job.model.name,
-            token_ids=job.prompt_ids + generated if generated else job.prompt_ids,
-            sampling=sampling,
-            num_generated_before=len(generated),
-        )
-
     async def stream(self, job: GenerationJob) -> AsyncGenerator[StepOutput, None]:
         """Yield outputs until the request finishes; raises FrontendError subclasses on failure."""
         model = job.model
         router = model.router
         request_id = job.request_id
-        detok = model.tokenizer.detokenizer()
-        matcher = StopStringMatcher(job.sampling.stop) if job.sampling.stop else None
-        want_logprobs = job.sampling.logprobs
+        processor = OutputProcessor(job)
+        step, finish = processor.step, processor.finish
         generated = job.generated
         itl = self._metrics.model(model.name).itl
         excluded: list[str] = []
@@ -206,13 +133,13 @@ class Generator:
                     request_id,
                     job.prompt_ids + generated,
                     exclude=excluded,
-                    max_tokens=job.max_tokens - len(generated),
+                    max_tokens=job.output_estimate(),
                 )
             except (NoWorkersError, RouterBusyError) as exc:
                 raise ServiceUnavailableError(
                     f"No worker available for model {model.name!r}: {exc}"
                 ) from None
-            stream = self._pool.start(route.endpoint, self._request(job), job.trace_metadata)
+            stream = self._pool.start(route.endpoint, generate_request(job), job.trace_metadata)
             self._inflight.setdefault(route.instance_id, set()).add(stream)
             waiting_first = True
             try:
@@ -230,19 +157,19 @@ class Generator:
                             if not job.first_token_at:
                                 job.first_token_at = now
                         job.last_token_at = now
-                        out = self._step(job, ids, msg, detok, matcher, want_logprobs)
+                        out = step(ids, msg)
                         if out.finish_reason is None and msg.finish_reason:
-                            out = self._finish(job, msg, detok, matcher, out)
+                            out = finish(msg, out)
                         yield out
                         if out.finish_reason is not None:
                             return  # done (or a stop string: the finally cancels the worker)
                     elif msg.finish_reason:
-                        yield self._finish(job, msg, detok, matcher)
+                        yield finish(msg)
                         return
                 failure = "stream ended without a finish reason"
             except WorkerStreamError as exc:
                 if exc.code not in _WORKER_FAILURES:
-                    raise EngineError(f"worker rejected the request: {exc.details}") from None
+                    raise rejection(job, exc) from None
                 failure = str(exc)
             finally:
                 inflight = self._inflight.get(route.instance_id)
@@ -267,83 +194,6 @@ class Generator:
                 len(generated),
                 extra={"request_id": request_id, "instance_id": route.instance_id},
             )
-
-    def _step(
-        self,
-        job: GenerationJob,
-        ids: Sequence[int],
-        msg: worker_pb2.GenerateResponse,
-        detok: IncrementalDetokenizer,
-        matcher: StopStringMatcher | None,
-        want_logprobs: bool,
-    ) -> StepOutput:
-        generated = job.generated
-        room = job.max_tokens - len(generated)
-        new = list(ids) if len(ids) <= room else list(ids)[:room]
-        try:
-            if matcher is None:
-                texts = [detok.add_one(t) for t in new]
-            else:
-                texts = []
-                for i, t in enumerate(new):
-                    text, stopped = matcher.feed(detok.add_one(t))
-                    texts.append(text)
-                    if stopped:
-                        del new[i + 1 :]
-                        generated.extend(new)
-                        logprobs = self._logprobs(msg, len(new)) if want_logprobs else None
-                        return StepOutput(new, texts, logprobs, "stop")
-        except IndexError:
-            raise EngineError(
-                f"worker returned a token id outside the vocabulary: {list(msg.token_ids)}"
-            ) from None
-        generated.extend(new)
-        logprobs = self._logprobs(msg, len(new)) if want_logprobs else None
-        if len(generated) >= job.max_tokens and not msg.finish_reason:
-            # The worker should have stopped here itself; do not relay more than asked.
-            return self._finish(
-                job, msg, detok, matcher, StepOutput(new, texts, logprobs), "length"
-            )
-        return StepOutput(new, texts, logprobs)
-
-    def _finish(
-        self,
-        job: GenerationJob,
-        msg: worker_pb2.GenerateResponse,
-        detok: IncrementalDetokenizer,
-        matcher: StopStringMatcher | None,
-        out: StepOutput | None = None,
-        reason: str | None = None,
-    ) -> StepOutput:
-        if msg.finish_reason == worker_pb2.FINISH_REASON_ERROR:
-            raise EngineError(f"engine error: {msg.error or 'unknown'}")
-        reason = reason or _FINISH_REASONS.get(msg.finish_reason, "stop")
-        tail = detok.flush()
-        if matcher is not None:
-            text, stopped = matcher.feed(tail)
-            tail = text if stopped else text + matcher.flush()
-            if stopped:
-                reason = "stop"
-        if out is None:
-            out = StepOutput([], [], None)
-        if tail:
-            out.texts.append(tail)
-        out.finish_reason = reason
-        num_prompt = len(job.prompt_ids)
-        cached = min(msg.usage.cached_tokens, num_prompt) if msg.HasField("usage") else 0
-        job.usage = Usage(num_prompt, len(job.generated), cached)
-        return out
-
-    @staticmethod
-    def _logprobs(msg: worker_pb2.GenerateResponse, count: int) -> list[TokenLogprob]:
-        return [
-            (lp.token_id, lp.logprob, [(t.token_id, t.logprob) for t in lp.top])
-            for lp in msg.logprobs[:count]
-        ]
-
-    def usage_of(self, job: GenerationJob) -> Usage:
-        """Usage for a request, also when it ended early (stop string, error)."""
-        return job.usage or Usage(len(job.prompt_ids), len(job.generated), 0)
 
     def record(self, job: GenerationJob) -> None:
         """Per-request metrics, once, when the request ends."""

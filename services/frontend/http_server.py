@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 import uuid
 from typing import Any
 
@@ -16,30 +15,20 @@ from tandem.runtime.metrics import metrics_handler
 from tandem.runtime.startup import binding
 from tandem.runtime.tracing import context_from_metadata, context_to_metadata
 
+from .endpoints import ENDPOINTS, BaseEndpoint, RequestT
 from .errors import (
     FrontendError,
-    InvalidRequestError,
     MethodNotAllowedError,
     ModelNotFoundError,
     NotFoundError,
     RequestTooLargeError,
 )
-from .generation import GenerationJob, Generator, make_job
+from .generation import Generator
+from .job import GenerationJob, TokenLogprob
 from .json_fields import parse_json_body
 from .metrics import FrontendMetrics
 from .models import ModelRegistry, ServedModel
-from .openai_schema import ChatCompletionRequest, CompletionRequest
-from .responses import (
-    DONE,
-    ChatStream,
-    CompletionStream,
-    chat_completion,
-    chat_logprobs,
-    completion_logprobs,
-    error_event,
-    text_completion,
-)
-from .validation import parse_chat_request, parse_completion_request
+from .responses import DONE, BaseRenderer, error_event
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +40,6 @@ _SSE_HEADERS = {
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 # W3C trace context: forwarded to the worker so one request is one trace.
 _TRACE_HEADERS = ("traceparent", "tracestate")
-# Prompts longer than this are tokenized off the event loop.
-_THREAD_TOKENIZE_CHARS = 16_384
 
 
 class _SseResponse(web.StreamResponse):
@@ -118,8 +105,8 @@ class OpenAIServer:
         app.router.add_get("/metrics", metrics_handler(metrics.registry))
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/v1/models/{model:.+}", self._get_model)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/completions", self._completions)
+        for endpoint in ENDPOINTS:
+            self._add_endpoint(app, endpoint)
         self.app = app
 
     async def start(self, host: str, port: int) -> None:
@@ -174,47 +161,45 @@ class OpenAIServer:
             )
         return model
 
-    async def _encode(self, model: ServedModel, text: str) -> list[int]:
-        if len(text) > _THREAD_TOKENIZE_CHARS:
-            return await asyncio.to_thread(model.tokenizer.encode, text)
-        return model.tokenizer.encode(text)
+    def _add_endpoint(self, app: web.Application, endpoint: BaseEndpoint[Any]) -> None:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._handle(request, endpoint)
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, "chat")
+        app.router.add_post(endpoint.path, handle)
 
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, "completions")
-
-    async def _handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+    async def _handle(
+        self, request: web.Request, endpoint: BaseEndpoint[Any]
+    ) -> web.StreamResponse:
         if self._tracer is None:
             return await self._serve(request, endpoint)
         # One request is one trace: parented on the client's traceparent, if any.
         parent = context_from_metadata(request.headers)
         with self._tracer.start_as_current_span(
-            f"POST /v1/{endpoint}", context=parent, kind=SpanKind.SERVER
+            f"POST /v1/{endpoint.name}", context=parent, kind=SpanKind.SERVER
         ):
             return await self._serve(request, endpoint)
 
-    async def _serve(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.Request, endpoint: BaseEndpoint[RequestT]
+    ) -> web.StreamResponse:
         model_label = ""
         status = "error"
         try:
-            body = parse_json_body(await request.read())
-            parsed: ChatCompletionRequest | CompletionRequest
-            if endpoint == "chat":
-                parsed = parse_chat_request(body)
-            else:
-                parsed = parse_completion_request(body)
+            parsed = endpoint.parse(parse_json_body(await request.read()))
             model = self._model(parsed.model)
             model_label = model.name
-            job = await self._make_job(request, model, parsed)
+            request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+            job = endpoint.job(request_id, model, await endpoint.prompt_ids(model, parsed), parsed)
+            self._trace(request, job)
+            renderer = endpoint.renderer(job, parsed)
             inflight = self._metrics.model(model_label).inflight
             inflight.inc()
             try:
                 if parsed.stream:
-                    response = await self._stream(request, job, parsed)
+                    include_usage = parsed.stream_options.include_usage
+                    response = await self._stream(request, job, renderer, include_usage)
                 else:
-                    response = await self._unary(job, parsed)
+                    response = await self._unary(job, renderer)
                 status = "success"
                 return response
             finally:
@@ -229,30 +214,10 @@ class OpenAIServer:
             status = str(exc.status)
             raise
         finally:
-            self._metrics.count_request(endpoint, model_label, status)
+            self._metrics.count_request(endpoint.name, model_label, status)
 
-    async def _make_job(
-        self,
-        request: web.Request,
-        model: ServedModel,
-        parsed: ChatCompletionRequest | CompletionRequest,
-    ) -> GenerationJob:
-        tokenizer = model.tokenizer
-        if isinstance(parsed, ChatCompletionRequest):
-            messages = [{"role": m.role, "content": m.content} for m in parsed.messages]
-            try:
-                text = tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=parsed.add_generation_prompt
-                )
-            except ValueError as exc:  # ChatTemplateError: the template refused the conversation
-                raise InvalidRequestError(str(exc), param="messages") from None
-            prompt_ids = await self._encode(model, text)
-        elif isinstance(parsed.prompt, str):
-            prompt_ids = await self._encode(model, parsed.prompt)
-        else:
-            prompt_ids = list(parsed.prompt)
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-        job = make_job(request_id, model, prompt_ids, parsed.sampling)
+    def _trace(self, request: web.Request, job: GenerationJob) -> None:
+        """Pass the request's trace context on to the worker."""
         headers = request.headers
         if self._tracer is not None:
             job.trace_metadata = tuple(context_to_metadata())  # our span's context
@@ -260,13 +225,10 @@ class OpenAIServer:
             job.trace_metadata = tuple(
                 (name, headers[name]) for name in _TRACE_HEADERS if name in headers
             )
-        return job
 
-    async def _unary(
-        self, job: GenerationJob, parsed: ChatCompletionRequest | CompletionRequest
-    ) -> web.Response:
+    async def _unary(self, job: GenerationJob, renderer: BaseRenderer) -> web.Response:
         texts: list[str] = []
-        logprobs: list[Any] = []
+        logprobs: list[TokenLogprob] = []
         finish_reason = "stop"
         async with contextlib.aclosing(self._generator.stream(job)) as outputs:
             async for out in outputs:
@@ -275,87 +237,42 @@ class OpenAIServer:
                     logprobs.extend(out.logprobs)
                 if out.finish_reason is not None:
                     finish_reason = out.finish_reason
-        usage = self._generator.usage_of(job)
-        text = "".join(texts)
-        created = int(time.time())
-        tokenizer = job.model.tokenizer
-        if isinstance(parsed, ChatCompletionRequest):
-            lp = chat_logprobs(tokenizer, logprobs) if job.sampling.logprobs else None
-            body = chat_completion(
-                f"chatcmpl-{job.request_id}",
-                job.model.name,
-                created,
-                text,
-                finish_reason,
-                usage,
-                lp,
-            )
-        else:
-            prefix = (
-                tokenizer.decode(job.prompt_ids)
-                if parsed.echo and not isinstance(parsed.prompt, str)
-                else ""
-            )
-            prefix = parsed.prompt if parsed.echo and isinstance(parsed.prompt, str) else prefix
-            lp = (
-                completion_logprobs(tokenizer, logprobs, len(prefix), texts)
-                if job.sampling.logprobs
-                else None
-            )
-            body = text_completion(
-                f"cmpl-{job.request_id}",
-                job.model.name,
-                created,
-                prefix + text,
-                finish_reason,
-                usage,
-                lp,
-            )
+        body = renderer.body(
+            texts,
+            logprobs if job.sampling.logprobs else None,
+            finish_reason,
+            job.reported_usage(),
+        )
         return web.json_response(body)
 
     async def _stream(
         self,
         request: web.Request,
         job: GenerationJob,
-        parsed: ChatCompletionRequest | CompletionRequest,
+        renderer: BaseRenderer,
+        include_usage: bool,
     ) -> web.StreamResponse:
-        renderer: ChatStream | CompletionStream
-        if isinstance(parsed, ChatCompletionRequest):
-            renderer = ChatStream(f"chatcmpl-{job.request_id}", job.model.name, job.model.tokenizer)
-        else:
-            renderer = CompletionStream(
-                f"cmpl-{job.request_id}", job.model.name, job.model.tokenizer
-            )
         outputs = self._generator.stream(job)
-        # Wait for the first output before committing to 200, so "no worker" is a real 503.
+        # Wait for the first output before committing to 200, so "no worker" is a real 503
+        # and a request the worker refuses a real 400.
         async with contextlib.aclosing(outputs):
             first = await anext(outputs, None)
             response = _SseResponse(status=200, headers=_SSE_HEADERS)
             await response.prepare(request)
             _set_nodelay(request)
-            head = renderer.first()
-            if (
-                isinstance(parsed, CompletionRequest)
-                and isinstance(renderer, CompletionStream)
-                and parsed.echo
-            ):
-                head += renderer.text(
-                    parsed.prompt
-                    if isinstance(parsed.prompt, str)
-                    else job.model.tokenizer.decode(job.prompt_ids)
-                )
+            render, write = renderer.step, response.write
             try:
-                data = head
+                data = renderer.first()
                 out = first
                 while out is not None:
-                    data += renderer.step(out)
+                    data += render(out)
                     if out.finish_reason is not None:
                         break  # the last tokens, usage, [DONE] and the end of the body: one write
-                    await response.write(data)
+                    await write(data)
                     data = b""
                     out = await anext(outputs, None)
-                if parsed.stream_options.include_usage:
-                    data += renderer.usage(self._generator.usage_of(job))
+                if include_usage:
+                    data += renderer.usage(job.reported_usage())
                 await response.write_eof(data + DONE)
             except FrontendError as exc:
                 # Headers are sent: the error travels as an event, as OpenAI does mid-stream.

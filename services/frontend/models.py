@@ -3,9 +3,10 @@
 A model appears when the first worker serving it registers (its card is read
 from `tandem/{ns}/models/{model}`, its tokenizer loaded off the event loop)
 or at start when configured with --model-name/--model-path. Each model has a
-live worker view (`InstanceSet`) and its own router over it, so workers that
-join or leave are used or dropped without a restart. A model whose workers
-all left stays known (requests get 503, not 404).
+live worker view (`InstanceSet`) and its own router over it (built by the
+router library's `ModelRouters`), so workers that join or leave are used or
+dropped without a restart. A model whose workers all left stays known
+(requests get 503, not 404).
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from tandem.router.api import BaseRouter
-from tandem.router.policies import make_router
-from tandem.runtime.discovery import Discovery, InstanceInfo, InstanceSet
+from tandem.router.metrics import RouterMetrics
+from tandem.router.model_routers import ModelRouters
+from tandem.runtime.discovery import Discovery
+from tandem.runtime.gc_tuning import freeze_heap
+from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.instance_set import InstanceSet
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.model_card import ModelCard, default_model_path
 from tandem.runtime.tokenizer import Tokenizer
 
 from .config import FrontendConfig
-from .gc_policy import freeze_heap
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,11 @@ def local_model_path(path: str) -> str:
 
 
 class ModelRegistry:
-    """Owns the served models, their worker views and routers; follows workers in etcd."""
+    """Owns the served models and their tokenizers; follows workers in etcd.
+
+    The models' worker views and routers are owned by one `ModelRouters`; local
+    routers of every model report into one `RouterMetrics` in `metrics_registry`.
+    """
 
     def __init__(
         self,
@@ -85,8 +93,17 @@ class ModelRegistry:
     ) -> None:
         self._config = config
         self._discovery = discovery
-        self._messaging = messaging
-        self._metrics_registry = metrics_registry
+        # With --router-url the router service exports the router metrics, not us.
+        router_metrics = None if config.router_url else RouterMetrics(metrics_registry)
+        self._routers = ModelRouters(
+            config,
+            discovery,
+            messaging=messaging,
+            metrics=router_metrics,
+            remote_url=config.router_url,
+            # The all-workers view already logs every worker that comes and goes.
+            log_changes=False,
+        )
         self._on_worker_removed = on_worker_removed
         self._models: dict[str, ServedModel] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
@@ -126,9 +143,7 @@ class ModelRegistry:
         for task in self._loading.values():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for model in self._models.values():
-            await model.router.stop()
-            await model.workers.close()
+        await self._routers.close()
         if self._all_workers is not None:
             await self._all_workers.close()
 
@@ -177,25 +192,15 @@ class ModelRegistry:
                 path,
                 time.monotonic() - started,
             )
-        # The all-workers view already logs every worker that comes and goes.
-        workers = self._discovery.instance_set("worker", model=card.name, log_changes=False)
-        await workers.start()
-        # Router metrics have fixed names: only the first model's router may register them.
-        router: BaseRouter
-        if self._config.router_url:
-            from tandem.router.remote import RemoteRouter
-
-            router = RemoteRouter(self._config.router_url, model=card.name)
-        else:
-            registry = self._metrics_registry if not self._models else None
-            router = make_router(self._config, workers, self._messaging, self._discovery, registry)
-        await router.start()
-        self._models[card.name] = ServedModel(card.name, card, tokenizer, workers, router)
+        route = await self._routers.build(card.name)
+        self._models[card.name] = ServedModel(
+            card.name, card, tokenizer, route.workers, route.router
+        )
         # The tokenizer tables and router state live as long as the process.
         freeze_heap()
         log.info(
             "serving model %s (%d workers, router %s)",
             card.name,
-            len(workers),
+            len(route.workers),
             self._config.router_mode,
         )

@@ -2,8 +2,9 @@
 
 Wrong JSON types and missing required fields raise `InvalidTypeError` (422);
 values out of range, empty messages, unknown roles and unsupported
-parameters raise `InvalidRequestError` subclasses (400). Checks that need the
-tokenizer (context length, token id range) live in `generation.py`.
+parameters raise `InvalidRequestError` subclasses (400). What needs the model
+(an empty tokenized prompt, token ids outside its vocabulary, the context
+length) the worker checks; the frontend relays its verdict as a 400.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from .openai_schema import (
 )
 
 _UINT64 = 2**64
+# Token ids travel as uint32; the worker checks them against the vocabulary.
+_MAX_TOKEN_ID = 2**32 - 1
 # Counts travel as uint32 on the wire; larger values are never meaningful.
 _INT32_MAX = 2**31 - 1
 # Accepted only at their no-op value; anything else is a feature we do not have.
@@ -312,6 +315,12 @@ def _parse_prompt(value: Any) -> str | tuple[int, ...]:
                     param="prompt",
                     code="invalid_value",
                 )
+            if token > _MAX_TOKEN_ID:
+                raise InvalidRequestError(
+                    f"Token id {token} in 'prompt' is out of range.",
+                    param="prompt",
+                    code="invalid_value",
+                )
         return tuple(value)
     raise wrong_type("prompt", "a string or an array of token ids", value)
 
@@ -337,4 +346,5 @@ def parse_completion_request(body: dict[str, Any]) -> CompletionRequest:
         stream=stream,
         stream_options=stream_options,
         echo=fields.boolean("echo"),
+        explicit_max_tokens=max_tokens is not None,
     )

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import time
 import uuid
 from collections.abc import Sequence
 
 from tandem.runtime.config import parse_config
-from tandem.runtime.discovery import Discovery, InstanceInfo, replicas_key
+from tandem.runtime.discovery import Discovery
+from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.keys import replicas_key
 from tandem.runtime.logs import setup_logging
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
-from tandem.runtime.startup import EXIT_CANNOT_START, StartupError
+from tandem.runtime.service_main import run_service
 
 from .config import PlannerConfig
 from .load_view import LoadView
@@ -73,42 +73,13 @@ async def serve(config: PlannerConfig, stop: asyncio.Event, ready: asyncio.Event
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(PlannerConfig, argv, prog="tandem planner")
     setup_logging(config.log_level, component=COMPONENT)
-
-    async def run() -> int:
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(serve(config, stop, ready))
-
-        def on_signal() -> None:
-            stop.set()
-            if not ready.is_set():  # still connecting (nats/etcd down): no need to wait for it
-                task.cancel()
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        try:
-            await task
-        except asyncio.CancelledError:
-            log.info("planner stopped before it was ready")
-            return 0
-        except StartupError as exc:
-            log.error("planner cannot start: %s", exc)
-            return EXIT_CANNOT_START
-        except (TimeoutError, OSError) as exc:
-            # Unreachable nats/etcd at start: say so in one line, not a traceback.
-            log.error(
-                "planner could not start (nats %s, etcd %s): %r", config.nats, config.etcd, exc
-            )
-            return 1
-        return 0
-
-    with contextlib.suppress(KeyboardInterrupt):
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(run())
-        return uvloop.run(run())
-    return 130
+    # Still connecting (nats/etcd down) when a signal comes: nothing to wait for.
+    return run_service(
+        COMPONENT,
+        lambda stop, ready: serve(config, stop, ready),
+        cancel_until_ready=True,
+        dependencies=f"nats {config.nats}, etcd {config.etcd}",
+    )
 
 
 if __name__ == "__main__":

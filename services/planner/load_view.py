@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.aio.subscription import Subscription
-from tandem.runtime.discovery import ChangeKind, Discovery, InstanceInfo, InstanceSet
+from tandem.runtime.discovery import Discovery
+from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.instance_set import ChangeKind, InstanceSet
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
 

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from tandem.runtime.discovery import ETCD_ERRORS
+from tandem.runtime.etcd_client import ETCD_ERRORS
 
 from .config import PlannerConfig
 from .load_view import LoadView, PoolSnapshot

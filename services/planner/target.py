@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
 from etcd3aio import Etcd3Client
-from tandem.runtime.discovery import ETCD_ERRORS, replicas_key
+from tandem.runtime.etcd_client import ETCD_ERRORS
+from tandem.runtime.keys import replicas_key
 
 log = logging.getLogger(__name__)
 _RETRY_SECONDS = 1.0

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import socket
 import time
 import uuid
 from collections.abc import Sequence
 
 from tandem.runtime.config import parse_config
-from tandem.runtime.discovery import Discovery, InstanceInfo
+from tandem.runtime.discovery import Discovery
 from tandem.runtime.grpc_util import start_server
+from tandem.runtime.instance_info import InstanceInfo
 from tandem.runtime.logs import setup_logging
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
-from tandem.runtime.startup import EXIT_CANNOT_START, StartupError
+from tandem.runtime.service_main import run_service
 from tandem.runtime.wire import router_pb2_grpc
 
 from .config import RouterConfig
@@ -33,17 +32,17 @@ def _advertised_host(host: str) -> str:
     return socket.gethostname() if host in ("0.0.0.0", "::", "") else host
 
 
-async def serve(config: RouterConfig, stop: asyncio.Event) -> None:
+async def serve(config: RouterConfig, stop: asyncio.Event, ready: asyncio.Event) -> None:
     instance_id = f"router-{uuid.uuid4().hex[:8]}"
     messaging = Messaging(config.nats, config.namespace, name=instance_id)
     discovery = Discovery(config.etcd, config.namespace)
     await messaging.connect()
     await discovery.start()
     metrics = RouterMetrics()
-    routers = ModelRouters(config, discovery, messaging, metrics, model=config.model)
-    await routers.start()
+    routers = ModelRouters(config, discovery, messaging=messaging, metrics=metrics)
+    service = RouterService(routers, model=config.model)
+    await service.start()
 
-    service = RouterService(routers)
     server, port = await start_server(
         lambda s: router_pb2_grpc.add_RouterServicer_to_server(service, s), config.host, config.port
     )
@@ -63,6 +62,7 @@ async def serve(config: RouterConfig, stop: asyncio.Event) -> None:
         config.router_mode,
         len(routers.routers()),
     )
+    ready.set()
     try:
         await stop.wait()
     finally:
@@ -78,27 +78,7 @@ async def serve(config: RouterConfig, stop: asyncio.Event) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(RouterConfig, argv, prog="tandem router")
     setup_logging(config.log_level, component=COMPONENT)
-
-    async def run() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await serve(config, stop)
-        except StartupError as exc:
-            log.error("router cannot start: %s", exc)
-            return EXIT_CANNOT_START
-        return 0
-
-    with contextlib.suppress(KeyboardInterrupt):
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(run())
-        else:
-            return uvloop.run(run())
-    return 0
+    return run_service(COMPONENT, lambda stop, ready: serve(config, stop, ready))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from tandem.runtime.config import RuntimeConfig, option
 
-RouterMode = Literal["kv", "round-robin", "random"]
-ROUTER_MODES: tuple[str, ...] = ("kv", "round-robin", "random")
+from .policy_registry import policy_names
+
+ROUTER_MODES: tuple[str, ...] = policy_names()
+"""The built-in policy names: flag choices are fixed when argparse is built, at import."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,8 +41,9 @@ class RoutingConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.router_mode not in ROUTER_MODES:
-            raise ValueError(f"router_mode must be one of {ROUTER_MODES}, got {self.router_mode!r}")
+        # The live registry: a policy registered after import is valid too.
+        if self.router_mode not in (modes := policy_names()):
+            raise ValueError(f"router_mode must be one of {modes}, got {self.router_mode!r}")
         if self.kv_cache_block_size <= 0:
             raise ValueError("kv_cache_block_size must be positive")
         if self.router_temperature < 0:

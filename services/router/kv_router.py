@@ -19,7 +19,8 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from tandem.runtime.block_hash import sequence_hashes
-from tandem.runtime.discovery import ChangeKind, InstanceInfo
+from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.instance_set import ChangeKind
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
 from tandem.runtime.wire.router_pb2 import ActiveLoadUpdate
 
@@ -31,12 +32,11 @@ from .config import RoutingConfig
 from .kv_event_follower import KvEventFollower
 from .load_sharing import LoadSharing
 from .metrics import RouterMetrics
-from .policies import WorkerView, candidates
 from .radix_index import RadixIndex
+from .worker_view import WorkerView, candidates
 
 if TYPE_CHECKING:
     from nats.aio.subscription import Subscription
-    from prometheus_client import CollectorRegistry
     from tandem.runtime.messaging import Messaging
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ class KvRouter(BaseRouter):
         workers: WorkerView,
         *,
         messaging: Messaging | None = None,
-        registry: CollectorRegistry | None = None,
         metrics: RouterMetrics | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -63,7 +62,8 @@ class KvRouter(BaseRouter):
         self.index = RadixIndex()
         self.load = ActiveLoadManager(clock)
         self.load.on_release = self._wake_waiters
-        self.metrics = metrics if metrics is not None else RouterMetrics(registry)
+        # Several routers (one per model) may share one RouterMetrics; else a registry of its own.
+        self.metrics = metrics if metrics is not None else RouterMetrics()
         self._workers = workers
         self._messaging = messaging
         self._rng = rng or random.Random()

@@ -1,94 +1,116 @@
-"""One router per model for the standalone router service.
+"""One live worker view and one router per model: the one place both the frontend
+(embedded) and the standalone router service build them.
 
-Frontends name the model in each RouteRequest; a worker serves one model,
-so each model gets its own live worker view and router (sharing one set of
-metrics). With `--model` set, every request goes to that model's router.
+A worker serves one model, so each model gets its own `InstanceSet` and a
+router over it: a policy from `make_router` (every model's router reporting
+into one shared `RouterMetrics`), or with `remote_url` a `RemoteRouter` to a
+standalone router service. The view is there either way: the frontend counts
+a model's live workers from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
-from tandem.runtime.discovery import Discovery, InstanceSet
+from tandem.runtime.discovery import Discovery
+from tandem.runtime.instance_set import InstanceSet
 from tandem.runtime.messaging import Messaging
 
-from .api import BaseRouter, NoWorkersError
+from .api import BaseRouter
 from .config import RoutingConfig
 from .metrics import RouterMetrics
-from .policies import make_router
+from .policy_registry import RouterDeps, make_router
+from .remote import RemoteRouter
 
 log = logging.getLogger(__name__)
 COMPONENT = "worker"
 
 
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """One model's live worker view and the router over it ('' = workers of any model)."""
+
+    model: str
+    workers: InstanceSet
+    router: BaseRouter
+
+
 class ModelRouters:
-    """Owns the per-model worker views and routers; creates them on first use."""
+    """Owns the per-model worker views and routers: builds each once, stops them at close.
+
+    `log_changes=False` for views whose workers another view already logs.
+    """
 
     def __init__(
         self,
         config: RoutingConfig,
         discovery: Discovery,
-        messaging: Messaging | None,
-        metrics: RouterMetrics,
-        model: str = "",
+        *,
+        messaging: Messaging | None = None,
+        metrics: RouterMetrics | None = None,
+        remote_url: str = "",
+        log_changes: bool = True,
     ) -> None:
-        self._config = config
-        self._discovery = discovery
-        self._messaging = messaging
-        self._metrics = metrics
-        self._fixed_model = model
-        self._routers: dict[str, BaseRouter] = {}
-        self._views: dict[str, InstanceSet] = {}
-        self._known_models: set[str] = set()
+        self.config = config
+        self.discovery = discovery
+        self.remote_url = remote_url
+        self._deps = RouterDeps(
+            messaging=messaging,
+            discovery=discovery,
+            metrics=metrics if metrics is not None or remote_url else RouterMetrics(),
+        )
+        self._log_changes = log_changes
+        self._routes: dict[str, ModelRoute] = {}
         self._lock = asyncio.Lock()
 
+    @property
+    def metrics(self) -> RouterMetrics | None:
+        """What every local router reports into (None with `remote_url`: that service reports)."""
+        return self._deps.metrics
+
+    def get(self, model: str) -> ModelRoute | None:
+        """The route of `model` if built."""
+        return self._routes.get(model)
+
     def routers(self) -> list[BaseRouter]:
-        return list(self._routers.values())
+        return [route.router for route in self._routes.values()]
 
-    def key(self, model: str) -> str:
-        """Requests without a model (or any, with --model) share one router."""
-        return self._fixed_model or model
-
-    async def get(self, model: str) -> BaseRouter:
-        key = self.key(model)
-        router = self._routers.get(key)
-        if router is not None:
-            return router
+    async def build(self, model: str) -> ModelRoute:
+        """The route of `model`, its view and router started on the first call."""
+        route = self._routes.get(model)
+        if route is not None:
+            return route
         async with self._lock:
-            router = self._routers.get(key)
-            if router is None:
-                if key and key not in self._known_models:
-                    if await self._discovery.get_model_card(key) is None:
-                        raise NoWorkersError(f"no worker has registered model {key!r}")
-                    self._known_models.add(key)
-                workers = self._discovery.instance_set(COMPONENT, key or None)
-                await workers.start()
-                router = make_router(
-                    self._config, workers, self._messaging, self._discovery, metrics=self._metrics
-                )
-                await router.start()
-                self._views[key] = workers
-                self._routers[key] = router
-                log.info("routing model %r over %d workers", key or "*", len(workers))
-        return router
+            route = self._routes.get(model)
+            if route is None:
+                route = self._routes[model] = await self._start_route(model)
+                log.info("routing model %r over %d workers", model or "*", len(route.workers))
+        return route
 
-    async def start(self) -> None:
-        """Build the routers of every model known now, so a restart routes at once.
-
-        The router for requests that name no model is built on first use."""
-        if self._fixed_model:
-            self._known_models.add(self._fixed_model)
-            await self.get(self._fixed_model)
-            return
-        self._known_models.update(await self._discovery.list_models())
-        for model in sorted(self._known_models):
-            await self.get(model)
+    async def _start_route(self, model: str) -> ModelRoute:
+        workers = self.discovery.instance_set(
+            COMPONENT, model or None, log_changes=self._log_changes
+        )
+        await workers.start()
+        router: BaseRouter
+        if self.remote_url:
+            router = RemoteRouter(self.remote_url, model=model)
+        else:
+            router = make_router(self.config, workers, self._deps)
+        try:
+            await router.start()
+        except BaseException:
+            await workers.close()
+            raise
+        return ModelRoute(model, workers, router)
 
     async def close(self) -> None:
-        for router in self._routers.values():
-            await router.stop()
-        for view in self._views.values():
-            await view.close()
-        self._routers.clear()
-        self._views.clear()
+        """Stop every router, then close the views they follow."""
+        routes = list(self._routes.values())
+        self._routes.clear()
+        for route in routes:
+            await route.router.stop()
+        for route in routes:
+            await route.workers.close()

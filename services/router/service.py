@@ -1,7 +1,9 @@
-"""The standalone Router gRPC service: one router shared by several frontends.
+"""The standalone Router gRPC service: one router per model, shared by several frontends.
 
-Errors map once here: NoWorkersError -> UNAVAILABLE, RouterBusyError ->
-RESOURCE_EXHAUSTED (the frontend answers both with HTTP 503).
+Frontends name the model in each RouteRequest; with `--model` set, every
+request goes to that model's router. Errors map once here: NoWorkersError ->
+UNAVAILABLE, RouterBusyError -> RESOURCE_EXHAUSTED (the frontend answers
+both with HTTP 503).
 """
 
 from __future__ import annotations
@@ -9,21 +11,51 @@ from __future__ import annotations
 import grpc
 from tandem.runtime.wire import router_pb2, router_pb2_grpc
 
-from .api import NoWorkersError, RouterBusyError
+from .api import BaseRouter, NoWorkersError, RouterBusyError
 from .model_routers import ModelRouters
 
 
 class RouterService(router_pb2_grpc.RouterServicer):
-    """Serves Route / PrefillDone / Free from the per-model routers."""
+    """Serves Route / PrefillDone / Free; owns which models get a router (`routers` builds them)."""
 
-    def __init__(self, routers: ModelRouters) -> None:
+    def __init__(self, routers: ModelRouters, model: str = "") -> None:
         self.routers = routers
+        self._fixed_model = model
+        self._known_models: set[str] = set()
+
+    def key(self, model: str) -> str:
+        """Requests without a model (or any, with --model) share one router."""
+        return self._fixed_model or model
+
+    async def start(self) -> None:
+        """Build the routers of every model known now, so a restart routes at once.
+
+        The router for requests that name no model is built on first use."""
+        if self._fixed_model:
+            self._known_models.add(self._fixed_model)
+            await self.routers.build(self._fixed_model)
+            return
+        self._known_models.update(await self.routers.discovery.list_models())
+        for model in sorted(self._known_models):
+            await self.routers.build(model)
+
+    async def router_for(self, model: str) -> BaseRouter:
+        """The router of `model`; NoWorkersError for a model no worker ever registered."""
+        key = self.key(model)
+        route = self.routers.get(key)
+        if route is None:
+            if key and key not in self._known_models:
+                if await self.routers.discovery.get_model_card(key) is None:
+                    raise NoWorkersError(f"no worker has registered model {key!r}")
+                self._known_models.add(key)
+            route = await self.routers.build(key)
+        return route.router
 
     async def Route(  # noqa: N802 - gRPC method name
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteDecision:
         try:
-            router = await self.routers.get(request.model)
+            router = await self.router_for(request.model)
             result = await router.route(
                 request.request_id,
                 list(request.token_ids),

@@ -5,20 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from tandem.runtime.config import add_arguments, config_from_namespace
+from tandem.runtime.gc_tuning import tune_gc
 from tandem.runtime.logs import setup_logging
-from tandem.runtime.startup import EXIT_CANNOT_START, StartupError
+from tandem.runtime.service_main import run_service
 
 from .config import WorkerConfig
 from .registry import EngineUnavailable, load_engine
 
-log = logging.getLogger("tandem.worker")
+COMPONENT = "worker"
 
 
 def _chosen_engine(argv: Sequence[str]) -> str:
@@ -61,24 +60,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[WorkerConfig, Any]:
         raise  # unreachable
 
 
-async def serve(config: WorkerConfig, engine_config: Any) -> int:
+async def serve(
+    config: WorkerConfig, engine_config: Any, stop: asyncio.Event, ready: asyncio.Event
+) -> None:
     from .server import WorkerServer
 
     server = WorkerServer(config, engine_config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
+        ready.set()
         await stop.wait()
-        return 0
-    except StartupError as exc:
-        log.error("worker cannot start: %s", exc, extra={"instance_id": config.instance_id})
-        return EXIT_CANNOT_START
-    except Exception:
-        log.exception("worker failed", extra={"instance_id": config.instance_id})
-        return 1
     finally:
         with contextlib.suppress(Exception):
             await server.stop()
@@ -86,13 +77,13 @@ async def serve(config: WorkerConfig, engine_config: Any) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     config, engine_config = parse_args(argv)
-    setup_logging(config.log_level, component="worker")
-    try:
-        import uvloop
-
-        return uvloop.run(serve(config, engine_config))
-    except ImportError:
-        return asyncio.run(serve(config, engine_config))
+    setup_logging(config.log_level, component=COMPONENT)
+    tune_gc()
+    return run_service(
+        COMPONENT,
+        lambda stop, ready: serve(config, engine_config, stop, ready),
+        log_extra={"instance_id": config.instance_id},
+    )
 
 
 if __name__ == "__main__":

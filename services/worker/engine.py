@@ -94,7 +94,7 @@ class EngineStats:
 
 
 class EngineError(Exception):
-    """The request cannot be served by this engine (e.g. prompt longer than its context)."""
+    """The request cannot be served by this engine (a bad value; see `admission.py`)."""
 
 
 class BaseEngine(abc.ABC):
@@ -108,7 +108,9 @@ class BaseEngine(abc.ABC):
       the request and frees its blocks at once.
     - Every block stored or evicted is reported to the `KvEventSink` given at
       construction, in the order it happened.
-    - Bad requests raise `EngineError` from `generate()` before any output.
+    - Requests are checked and turned into sequences by `admission.admit`, the
+      same rules on every engine; bad ones raise `EngineError` from `generate()`
+      before any output.
     """
 
     block_size: int

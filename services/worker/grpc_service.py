@@ -12,6 +12,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from tandem.runtime.tracing import context_from_metadata
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
+from .admission import ContextLengthError
 from .engine import BaseEngine, EngineError, EngineOutput, EngineRequest, SamplingConfig
 from .generate_stream import RequestFailed, serve_generate_stream
 from .kv_publisher import KvEventPublisher
@@ -47,6 +48,13 @@ def to_engine_request(msg: worker_pb2.GenerateRequest) -> EngineRequest:
         sampling=sampling,
         num_generated_before=msg.num_generated_before,
     )
+
+
+def status_of(exc: EngineError) -> grpc.StatusCode:
+    """The gRPC status a rejected request ends with (the frontend maps each to an OpenAI 400)."""
+    if isinstance(exc, ContextLengthError):
+        return grpc.StatusCode.OUT_OF_RANGE
+    return grpc.StatusCode.INVALID_ARGUMENT
 
 
 def to_response(out: EngineOutput) -> worker_pb2.GenerateResponse:
@@ -168,7 +176,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             except EngineError as exc:
                 finish = "invalid"
                 log.info("rejected: %s", exc, extra=extra)
-                raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+                raise RequestFailed(status_of(exc), str(exc)) from None
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:

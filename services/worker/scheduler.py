@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from .block_manager import BlockManager
-from .engine import FinishReason
+from .engine import EngineStats, FinishReason
+from .kv_event_sink import KvEventSink
+from .scheduler_config import SchedulerConfig
 from .sequence import Sequence, SequenceStatus
 
 S = TypeVar("S", bound=Sequence)
@@ -58,21 +60,27 @@ class ScheduledBatch(Generic[S]):
 class Scheduler(Generic[S]):
     """Owns the waiting queue and the running batch; allocates blocks through the BlockManager."""
 
-    def __init__(
-        self,
-        block_manager: BlockManager,
-        max_num_seqs: int,
-        max_num_batched_tokens: int,
-        watermark: float = 0.01,
-    ) -> None:
-        """`watermark`: fraction of the blocks kept free when admitting, so decodes can grow."""
+    def __init__(self, block_manager: BlockManager, config: SchedulerConfig) -> None:
         self.block_manager = block_manager
-        self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens
+        self.config = config
         self.waiting: deque[S] = deque()
         self.running: list[S] = []
         self.num_preemptions = 0
-        self._watermark_blocks = int(watermark * block_manager.num_blocks)
+        # Blocks kept free when admitting, so running decodes can grow.
+        self._watermark_blocks = int(config.watermark * block_manager.num_blocks)
+
+    @classmethod
+    def with_blocks(
+        cls, config: SchedulerConfig, num_blocks: int, sink: KvEventSink | None = None
+    ) -> Scheduler[S]:
+        """A scheduler over a new pool of `num_blocks` KV blocks paged as `config` says."""
+        block_manager = BlockManager(
+            num_blocks,
+            config.kv_cache_block_size,
+            sink,
+            enable_prefix_caching=config.enable_prefix_caching,
+        )
+        return cls(block_manager, config)
 
     @property
     def has_work(self) -> bool:
@@ -82,6 +90,24 @@ class Scheduler(Generic[S]):
     def num_pending_prefill_tokens(self) -> int:
         waiting = sum(len(s.token_ids) for s in self.waiting)
         return waiting + sum(s.num_remaining for s in self.running if s.num_remaining > 1)
+
+    def stats(
+        self, prefill_step_seconds_avg: float = 0.0, decode_step_seconds_avg: float = 0.0
+    ) -> EngineStats:
+        """The engine's load as the scheduler and its block pool see it (step times: the engine's)."""
+        bm = self.block_manager
+        return EngineStats(
+            total_blocks=bm.num_blocks,
+            active_blocks=bm.num_active_blocks,
+            cached_blocks=bm.num_cached_blocks,
+            num_running=len(self.running),
+            num_waiting=len(self.waiting),
+            pending_prefill_tokens=self.num_pending_prefill_tokens,
+            prefix_cache_hit_rate=bm.prefix_cache_hit_rate,
+            num_preemptions=self.num_preemptions,
+            prefill_step_seconds_avg=prefill_step_seconds_avg,
+            decode_step_seconds_avg=decode_step_seconds_avg,
+        )
 
     def add(self, seq: S) -> None:
         self.waiting.append(seq)
@@ -104,7 +130,7 @@ class Scheduler(Generic[S]):
 
     def schedule(self) -> ScheduledBatch[S]:
         batch: ScheduledBatch[S] = ScheduledBatch()
-        budget = self.max_num_batched_tokens
+        budget = self.config.max_num_batched_tokens
         scheduled: set[S] = set()
         preempted = False
 
@@ -129,7 +155,7 @@ class Scheduler(Generic[S]):
             budget -= self._add_prefill(batch, seq, budget)
 
         while self.waiting and budget > 0 and not preempted:
-            if len(self.running) >= self.max_num_seqs:
+            if len(self.running) >= self.config.max_num_seqs:
                 break
             seq = self.waiting[0]
             if not self._admit(seq):

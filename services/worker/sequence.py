@@ -57,6 +57,10 @@ class Sequence:
         return self.status is SequenceStatus.RUNNING
 
     @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    @property
     def num_output_tokens(self) -> int:
         """Tokens generated here (not counting `num_generated_before`)."""
         return len(self.token_ids) - self.num_prompt_tokens

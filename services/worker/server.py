@@ -10,7 +10,6 @@ flight, then the engine stops and the queued KV events are flushed.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -18,8 +17,11 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-from tandem.runtime.discovery import Discovery, InstanceInfo, model_key
+from tandem.runtime.discovery import Discovery
+from tandem.runtime.gc_tuning import freeze_heap
 from tandem.runtime.grpc_util import start_server
+from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.keys import model_key
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
 from tandem.runtime.model_card import ModelCard
@@ -37,8 +39,6 @@ from .registry import load_engine
 
 log = logging.getLogger("tandem.worker")
 COMPONENT = "worker"
-# Container allocations between gen0 collections (CPython default: 700).
-_GC_GEN0_THRESHOLD = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,7 @@ class WorkerServer:
         await self.discovery.register_model(card.name, card.to_dict())
         await self.discovery.register_instance(self.info)
         self._card_task = asyncio.create_task(self._keep_model_card(card), name="model-card")
-        _tune_gc()
+        freeze_heap()  # what startup built (engine, grpc, modules) leaves every later scan
         self.service.ready = True
         self.reporter.start()
         log.info(
@@ -159,14 +159,3 @@ class WorkerServer:
             except Exception as exc:  # etcd outage: the lease loop re-registers
                 log.debug("model card watch interrupted: %s", exc)
                 await asyncio.sleep(1.0)
-
-
-def _tune_gc() -> None:
-    """Cheaper collections while serving: every streamed message allocates short-lived
-    objects, and with the default gen0 threshold the in-flight ones get promoted and
-    rescanned together with the long-lived heap (engine, grpc, modules). A higher
-    threshold lets them die young; freezing takes what startup built out of every scan."""
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(_GC_GEN0_THRESHOLD, gen1, gen2)
-    gc.collect()
-    gc.freeze()

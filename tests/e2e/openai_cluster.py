@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from tandem.runtime.local_infra import LocalInfra, free_port
+from tandem.launcher.local_infra import LocalInfra, free_port
 from tandem.runtime.model_card import DEFAULT_MODEL_NAME, default_model_path
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from tandem.runtime.local_infra import LocalInfra, free_port, start_etcd, start_nats
+from tandem.launcher.local_infra import LocalInfra, free_port, start_etcd, start_nats
 
 from tests.support.processes import ServiceProcess, infra_flags, spawn_mocker_worker
 
@@ -38,7 +38,7 @@ def test_tandem_up_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> Non
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tandem.runtime.cli", "up", "--engine", "mocker", "--workers", "2",
+            [sys.executable, "-m", "tandem.launcher.cli", "up", "--engine", "mocker", "--workers", "2",
              "--http-port", str(port), "--http-host", "127.0.0.1", "--speedup-ratio", "50"],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
@@ -81,7 +81,7 @@ def test_tandem_up_gives_up_at_once_when_its_http_port_is_taken(infra: LocalInfr
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "tandem.runtime.cli", "up", "--engine", "mocker", "--workers", "1",
+            [sys.executable, "-m", "tandem.launcher.cli", "up", "--engine", "mocker", "--workers", "1",
              "--http-port", str(port), "--http-host", "127.0.0.1",
              "--nats", infra.nats_url, "--etcd", infra.etcd_url, "--namespace", "taken-port"],
             capture_output=True, text=True, timeout=120,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from tandem.runtime.local_infra import LocalInfra
+from tandem.launcher.local_infra import LocalInfra
 
 from tests.e2e.openai_cluster import MODEL, Cluster, post
 
@@ -172,6 +172,21 @@ def test_client_errors_through_the_openai_client(client: openai.OpenAI) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.chat.completions.create(model=MODEL, messages=CHAT, extra_body={"max_tokens": "ten"})
     assert info.value.param == "max_tokens"
+
+
+def test_requests_the_worker_refuses_are_400s_streamed_or_not(client: openai.OpenAI) -> None:
+    # What needs the model (vocabulary, context length) the worker judges; a stream
+    # gets the same 400 as a plain request, before any event.
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt=[1, 10_000_000], max_tokens=3, stream=True)
+    assert info.value.param == "prompt"
+    too_long = [{"role": "user", "content": "sea " * 9000}]
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL, messages=too_long, stream=stream)
+        assert info.value.code == "context_length_exceeded"
+        assert info.value.param == "messages"  # no max_tokens given: the prompt is too long
+        assert "maximum context length" in info.value.message
 
 
 @pytest.mark.parametrize(

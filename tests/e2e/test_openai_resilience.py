@@ -10,7 +10,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from tandem.runtime.local_infra import LocalInfra
+from tandem.launcher.local_infra import LocalInfra
 
 from tests.e2e.openai_cluster import MODEL, Cluster
 from tests.support.processes import ServiceProcess

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import openai
+from tandem.launcher.local_infra import LocalInfra, free_port
 from tandem.runtime.discovery import Discovery
-from tandem.runtime.local_infra import LocalInfra, free_port
 
 from tests.e2e.test_local_cluster import _pid_alive
 from tests.support.checks import wait_until
@@ -33,7 +33,7 @@ async def test_up_with_planner_grows_and_shrinks_the_pool(
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tandem.runtime.cli", "up", "--engine", "mocker",
+            [sys.executable, "-m", "tandem.launcher.cli", "up", "--engine", "mocker",
              "--workers", "1", "--planner", "--max-workers", "2",
              "--planner-adjustment-interval", "1", "--num-kv-blocks", "64",
              "--http-port", str(port), "--http-host", "127.0.0.1",

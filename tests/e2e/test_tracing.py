@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from tandem.runtime.local_infra import LocalInfra
+from tandem.launcher.local_infra import LocalInfra
 
 from tests.e2e.openai_cluster import MODEL, Cluster, post
 

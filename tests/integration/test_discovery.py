@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from tandem.runtime.discovery import Discovery, InstanceInfo, instance_key
-from tandem.runtime.local_infra import LocalInfra, start_etcd
+from tandem.launcher.local_infra import LocalInfra, start_etcd
+from tandem.runtime.discovery import Discovery
+from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.keys import instance_key
 
 
 def _info(instance_id: str, model: str = "m") -> InstanceInfo:
@@ -62,7 +64,7 @@ async def test_a_quiet_view_does_not_repeat_the_change_log(
 ) -> None:
     loud = await discovery.instance_set("worker").start()
     quiet = await discovery.instance_set("worker", model="m", log_changes=False).start()
-    with caplog.at_level(logging.INFO, logger="tandem.runtime.discovery"):
+    with caplog.at_level(logging.INFO, logger="tandem.runtime.instance_set"):
         await discovery.register_instance(_info("w1"))
         for view in (loud, quiet):
             await view.wait_for(lambda d: "w1" in d, timeout=10)
@@ -83,7 +85,8 @@ async def test_killed_process_disappears_within_lease_ttl(
     script = textwrap.dedent(
         f"""
         import asyncio, sys
-        from tandem.runtime.discovery import Discovery, InstanceInfo
+        from tandem.runtime.discovery import Discovery
+        from tandem.runtime.instance_info import InstanceInfo
         async def main():
             d = Discovery({infra.etcd_url!r}, {namespace!r}, lease_ttl={ttl})
             await d.start()

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tandem.runtime.discovery import Discovery, InstanceInfo, replicas_key
-from tandem.runtime.local_infra import LocalInfra
+from tandem.launcher.local_infra import LocalInfra
+from tandem.runtime.discovery import Discovery
+from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.keys import replicas_key
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
 

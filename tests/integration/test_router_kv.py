@@ -11,14 +11,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client import CollectorRegistry
+from tandem.launcher.local_infra import LocalInfra
 from tandem.router.api import BaseRouter
 from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
 from tandem.runtime import subjects
 from tandem.runtime.block_hash import sequence_hashes
-from tandem.runtime.discovery import Discovery, InstanceSet
-from tandem.runtime.local_infra import LocalInfra
+from tandem.runtime.discovery import Discovery
+from tandem.runtime.instance_set import InstanceSet
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
@@ -135,7 +135,6 @@ async def make_kv_router(
         RoutingConfig(**overrides),
         client.workers,
         messaging=client.messaging,  # type: ignore[arg-type]
-        registry=CollectorRegistry(),
     )
     if replay_max_events is not None:
         assert router.follower is not None

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tandem.launcher.local_infra import LocalInfra, free_port
 from tandem.router.api import NoWorkersError
 from tandem.router.remote import RemoteRouter
-from tandem.runtime.local_infra import LocalInfra, free_port
 from tandem.runtime.model_card import DEFAULT_MODEL_NAME
 
 from tests.integration.test_router_kv import BS, WorkerProc, prompt, serve, start_workers

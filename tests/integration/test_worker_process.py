@@ -16,8 +16,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from tandem.launcher.local_infra import LocalInfra
 from tandem.runtime.discovery import Discovery
-from tandem.runtime.local_infra import LocalInfra
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.model_card import ModelCard
 from tandem.runtime.startup import EXIT_CANNOT_START
@@ -26,6 +26,8 @@ from tandem.runtime.wire import kv_events_pb2, worker_pb2, worker_pb2_grpc
 from tests.support.checks import scrape, wait_until
 from tests.support.kv_state import apply
 from tests.support.processes import ServiceProcess, infra_flags, spawn_mocker_worker, worker_ready
+
+UP_TO_CONTEXT = 0  # max_tokens: generate until the context length
 
 
 @dataclass
@@ -109,10 +111,43 @@ async def test_generate_streams_tokens_over_grpc(worker: Worker) -> None:
         assert f"tandem_worker_{name} " in text
 
 
+async def test_rejections_carry_their_status_on_generate_and_generate_stream(
+    worker: Worker,
+) -> None:
+    too_long = gen_request("long", list(range(8000)), 500)  # the mocker's context: 8192
+    bad_sampling = gen_request("hot", list(range(10)), 5, temperature=-1.0)
+    message = (
+        "This model's maximum context length is 8192 tokens. However, you requested 8500 "
+        "tokens (8000 in the messages, 500 in the completion). Please reduce the length of "
+        "the messages or completion."
+    )
+    async with grpc.aio.insecure_channel(worker.endpoint) as channel:
+        stub = worker_pb2_grpc.WorkerStub(channel)
+        for request, code in (
+            (too_long, grpc.StatusCode.OUT_OF_RANGE),
+            (bad_sampling, grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in stub.Generate(request):
+                    pass
+            assert err.value.code() == code
+        assert err.value.details() and "temperature" in err.value.details()
+
+        client = StreamClient(stub)
+        client.start(1, too_long)
+        client.start(2, bad_sampling)
+        outputs = await client.until_ended({1, 2})
+        [long_end], [hot_end] = outputs[1], outputs[2]
+        assert long_end.status_code == grpc.StatusCode.OUT_OF_RANGE.value[0]
+        assert long_end.status_message == message
+        assert hot_end.status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        client.outgoing.put_nowait(None)
+
+
 async def test_cancel_aborts_and_frees_blocks(worker: Worker) -> None:
     async with grpc.aio.insecure_channel(worker.endpoint) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
-        call = stub.Generate(gen_request("c1", list(range(7000, 7200)), 100_000))
+        call = stub.Generate(gen_request("c1", list(range(7000, 7200)), UP_TO_CONTEXT))
         first = await call.read()
         assert first.token_ids
         stats = await stub.Stats(worker_pb2.StatsRequest())
@@ -193,7 +228,7 @@ async def test_generate_stream_cancel_frees_blocks_and_the_stream_goes_on(worker
     async with grpc.aio.insecure_channel(worker.endpoint) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         client = StreamClient(stub)
-        client.start(1, gen_request("long", list(range(8000, 8200)), 100_000))
+        client.start(1, gen_request("long", list(range(8000, 8200)), UP_TO_CONTEXT))
         first = await asyncio.wait_for(client.call.read(), 30)
         assert first.outputs[0].key == 1 and first.outputs[0].response.token_ids
         client.cancel(1)
@@ -208,7 +243,7 @@ async def test_generate_stream_cancel_frees_blocks_and_the_stream_goes_on(worker
         assert sum(len(o.response.token_ids) for o in outputs[2]) == 5
 
         # Ending the whole call aborts what is still running on it.
-        client.start(3, gen_request("orphan", list(range(9000, 9200)), 100_000))
+        client.start(3, gen_request("orphan", list(range(9000, 9200)), UP_TO_CONTEXT))
         while not (await asyncio.wait_for(client.call.read(), 30)).outputs:
             pass
         client.call.cancel()
@@ -318,7 +353,7 @@ async def test_sigterm_aborts_streams_and_deregisters_at_once(
         await view.wait_for(lambda d: w.instance_id in d, 10)
         async with grpc.aio.insecure_channel(w.endpoint) as channel:
             stub = worker_pb2_grpc.WorkerStub(channel)
-            call = stub.Generate(gen_request("t1", list(range(100)), 100_000))
+            call = stub.Generate(gen_request("t1", list(range(100)), UP_TO_CONTEXT))
             assert (await call.read()).token_ids
             w.proc.proc.send_signal(signal.SIGTERM)
             with pytest.raises(grpc.aio.AioRpcError) as err:

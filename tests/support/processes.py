@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from tandem.runtime.local_infra import LocalInfra
+from tandem.launcher.local_infra import LocalInfra
 
 
 class ServiceProcess:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from tandem.worker.engine import EngineOutput, EngineRequest, SamplingConfig
 from tandem.worker.kv_event_sink import RecordingSink
+from tandem.worker.scheduler_config import SchedulerConfig
 from tandem.worker.torch_engine import TorchEngine, TorchEngineConfig
 from tandem.worker.torch_engine.config import default_model_path
 from tandem.worker.torch_engine.loader import load_weights
@@ -41,9 +43,15 @@ def default_weights() -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
 
 def make_engine(**overrides: Any) -> tuple[TorchEngine, RecordingSink]:
-    """A float32 engine on the bundled model (weights loaded once per process)."""
+    """A float32 engine on the bundled model (weights loaded once per process).
+
+    `overrides` are flat, as the flags are: scheduler fields go to its `SchedulerConfig`.
+    """
     settings: dict[str, Any] = {"dtype": "float32", "device": "cpu", "num_kv_blocks": 512}
+    scheduler_fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
+    scheduling = {k: overrides.pop(k) for k in list(overrides) if k in scheduler_fields}
     settings.update(overrides)
+    settings["scheduler"] = SchedulerConfig(**scheduling)
     sink = RecordingSink()
     return TorchEngine(TorchEngineConfig(**settings), sink, weights=default_weights()), sink
 

@@ -13,6 +13,13 @@ from tandem.runtime.model_card import (
     default_model_path,
 )
 
+from ..scheduler_config import SchedulerConfig
+
+
+def _mocker_scheduler() -> SchedulerConfig:
+    # A simulated GPU batches more than the embedded CPU engine by default.
+    return SchedulerConfig(max_num_seqs=256, max_num_batched_tokens=8192, watermark=0.01)
+
 
 @dataclass(frozen=True, slots=True)
 class MockerConfig:
@@ -29,9 +36,9 @@ class MockerConfig:
         "tokenizer/chat-template source advertised in the model card; empty = bundled SmolLM2 GGUF",
     )
     num_kv_blocks: int = option(16384, "simulated KV cache blocks")
-    kv_cache_block_size: int = option(16, "tokens per KV block")
-    max_num_seqs: int = option(256, "most sequences in one running batch")
-    max_num_batched_tokens: int = option(8192, "token budget of one engine step (chunked prefill)")
+    scheduler: SchedulerConfig = option(
+        help="KV paging and batching limits", default_factory=_mocker_scheduler
+    )
     vocab_size: int = option(
         DEFAULT_VOCAB_SIZE, "generated token ids are drawn from [0, vocab_size)"
     )
@@ -39,7 +46,6 @@ class MockerConfig:
     eos_token_id: int = option(
         DEFAULT_EOS_TOKEN_IDS[0], "EOS id advertised in the model card (never generated)"
     )
-    enable_prefix_caching: bool = option(True, "reuse KV blocks of identical prompt prefixes")
     speedup_ratio: float = option(
         1.0, "divide every simulated time by this (10 = ten times faster)"
     )
@@ -50,21 +56,14 @@ class MockerConfig:
     decode_kv_token_seconds: float = option(
         40e-9, "decode cost per context token read (KV bandwidth)"
     )
-    watermark: float = option(
-        0.01, "fraction of blocks kept free when admitting (fewer preemptions)"
-    )
 
     def __post_init__(self) -> None:
-        if self.num_kv_blocks <= 0 or self.kv_cache_block_size <= 0:
-            raise ValueError("num_kv_blocks and kv_cache_block_size must be positive")
-        if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
-            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.num_kv_blocks <= 0:
+            raise ValueError("num_kv_blocks must be positive")
         if self.vocab_size < 2 or self.context_length < 2:
             raise ValueError("vocab_size and context_length must be at least 2")
         if self.speedup_ratio <= 0:
             raise ValueError("speedup_ratio must be positive")
-        if not 0.0 <= self.watermark < 1.0:
-            raise ValueError("watermark must be in [0, 1)")
 
     @property
     def resolved_model_path(self) -> str:
@@ -73,7 +72,7 @@ class MockerConfig:
     @property
     def max_model_len(self) -> int:
         """Longest sequence that fits: the context length, capped by the whole KV pool."""
-        return min(self.context_length, self.num_kv_blocks * self.kv_cache_block_size)
+        return min(self.context_length, self.num_kv_blocks * self.scheduler.kv_cache_block_size)
 
     def step_seconds(
         self, num_prefill_tokens: int, num_decode_seqs: int, num_decode_context_tokens: int

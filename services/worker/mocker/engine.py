@@ -15,12 +15,13 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from tandem.runtime.model_card import ModelCard
 from tandem.runtime.tasks import cancel_and_wait
 
-from ..block_manager import BlockManager
-from ..engine import BaseEngine, EngineError, EngineOutput, EngineRequest, EngineStats
+from ..admission import EngineLimits, admit
+from ..engine import BaseEngine, EngineOutput, EngineRequest, EngineStats
 from ..kv_event_sink import KvEventSink
 from ..scheduler import ScheduledBatch, Scheduler
 from .config import MockerConfig
@@ -35,17 +36,16 @@ class MockerEngine(BaseEngine):
 
     def __init__(self, config: MockerConfig, sink: KvEventSink | None = None) -> None:
         self.config = config
-        self.block_size = config.kv_cache_block_size
+        self.block_size = config.scheduler.kv_cache_block_size
         self.total_blocks = config.num_kv_blocks
         self.model_name = config.model_name
-        self.blocks = BlockManager(
-            config.num_kv_blocks,
-            config.kv_cache_block_size,
-            sink,
-            enable_prefix_caching=config.enable_prefix_caching,
+        self.scheduler: Scheduler[MockSequence] = Scheduler.with_blocks(
+            config.scheduler, config.num_kv_blocks, sink
         )
-        self.scheduler: Scheduler[MockSequence] = Scheduler(
-            self.blocks, config.max_num_seqs, config.max_num_batched_tokens, config.watermark
+        self.limits = EngineLimits(
+            context_length=config.max_model_len,
+            vocab_size=config.vocab_size,
+            eos_token_ids=(config.eos_token_id,),
         )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -54,7 +54,7 @@ class MockerEngine(BaseEngine):
 
     @property
     def context_length(self) -> int:
-        return self.config.max_model_len
+        return self.limits.context_length
 
     @property
     def model_path(self) -> str:
@@ -62,7 +62,7 @@ class MockerEngine(BaseEngine):
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        return (self.config.eos_token_id,)
+        return self.limits.eos_token_ids
 
     def model_card(self) -> ModelCard:
         return dataclasses.replace(super().model_card(), vocab_size=self.config.vocab_size)
@@ -81,8 +81,9 @@ class MockerEngine(BaseEngine):
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         seq = self.new_sequence(request)
-        self.scheduler.add(seq)
-        self._wake.set()
+        if not seq.is_finished:  # finished already: a migrated request with nothing left
+            self.scheduler.add(seq)
+            self._wake.set()
         try:
             while True:
                 if not seq.has_output:
@@ -97,52 +98,21 @@ class MockerEngine(BaseEngine):
             self.scheduler.finish(seq, "abort")  # no-op once it has finished
 
     def stats(self) -> EngineStats:
-        sched = self.scheduler
-        return EngineStats(
-            total_blocks=self.total_blocks,
-            active_blocks=self.blocks.num_active_blocks,
-            cached_blocks=self.blocks.num_cached_blocks,
-            num_running=len(sched.running),
-            num_waiting=len(sched.waiting),
-            pending_prefill_tokens=sched.num_pending_prefill_tokens,
-            prefix_cache_hit_rate=self.blocks.prefix_cache_hit_rate,
-            num_preemptions=sched.num_preemptions,
-            prefill_step_seconds_avg=self._prefill_avg,
-            decode_step_seconds_avg=self._decode_avg,
-        )
+        return self.scheduler.stats(self._prefill_avg, self._decode_avg)
 
     def new_sequence(self, request: EngineRequest) -> MockSequence:
-        """A validated sequence for `request`, not yet scheduled (`generate` adds it)."""
-        prompt = request.token_ids
-        max_len = self.config.max_model_len
-        if not prompt:
-            raise EngineError("empty prompt")
-        if len(prompt) >= max_len:
-            raise EngineError(
-                f"prompt of {len(prompt)} tokens leaves no room in context of {max_len}"
+        """A sequence for `request` under the worker's request rules, not yet scheduled."""
+
+        def new(**fields: Any) -> MockSequence:
+            # Built only once the request passed the rules (token_rng needs valid ids).
+            return MockSequence(
+                **fields,
+                rng=token_rng(request),
+                vocab_size=self.config.vocab_size,
+                banned_ids=frozenset(self.limits.eos_token_ids),
             )
-        if min(prompt) < 0 or max(prompt) >= self.config.vocab_size:
-            raise EngineError(f"token ids must be in [0, {self.config.vocab_size})")
-        sampling = request.sampling
-        before = request.num_generated_before
-        if before > len(prompt):
-            raise EngineError("num_generated_before exceeds the prompt")
-        # max_tokens counts tokens generated before a migration too.
-        max_new = sampling.max_tokens - before if sampling.max_tokens > 0 else max_len
-        if max_new <= 0:
-            raise EngineError(f"max_tokens {sampling.max_tokens} already reached")
-        return MockSequence(
-            request_id=request.request_id,
-            token_ids=list(prompt),
-            params=sampling,
-            max_new_tokens=max_new,
-            max_len=max_len,
-            eos_token_ids=self.eos_token_ids,
-            num_generated_before=before,
-            rng=token_rng(request),
-            vocab_size=self.config.vocab_size,
-            banned_ids=frozenset(self.eos_token_ids),
-        )
+
+        return admit(request, self.limits, new)
 
     def step_seconds(self, batch: ScheduledBatch[MockSequence]) -> float:
         """Simulated wall time of `batch` under the step-time model."""

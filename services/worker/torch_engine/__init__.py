@@ -2,6 +2,8 @@
 
 - `config.py`: `TorchEngineConfig` (the `--model-path`, `--dtype`, ... flags).
 - `engine.py`: `TorchEngine` / `create_engine`: engine thread, async streams, stats.
+- `parts.py`: what starting builds (model, KV cache, scheduler, request limits).
+- `messages.py`: what callers post to the engine thread's inbox.
 - `runner.py`: `TorchSequence` (a request's generator and stream); scheduled batch -> model
   inputs (slots, block tables, masks) -> tokens.
 - `streams.py`: outputs from the engine thread to each caller's event loop.

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from tandem.runtime.config import option
 from tandem.runtime.model_card import DEFAULT_GGUF_FILE, default_model_path
+from tandem.worker.scheduler_config import SchedulerConfig
 
 DTypeName = Literal["auto", "float32", "bfloat16"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -31,26 +32,21 @@ class TorchEngineConfig:
         "auto", "where the model runs (auto: cuda if available)", choices=("auto", "cpu", "cuda")
     )
     num_kv_blocks: int = option(0, "KV cache blocks; 0 = size from --kv-cache-memory-fraction/GiB")
-    kv_cache_block_size: int = option(16, "tokens per KV block")
     kv_cache_memory_gib: float = option(0.0, "KV cache size in GiB (overrides the fraction if > 0)")
     kv_cache_memory_fraction: float = option(
         0.05,
         "fraction of device memory (host RAM on CPU) for the KV cache when not sized otherwise",
     )
-    max_num_seqs: int = option(64, "most sequences in one running batch")
-    max_num_batched_tokens: int = option(2048, "token budget of one engine step (chunked prefill)")
+    scheduler: SchedulerConfig = option(
+        help="KV paging and batching limits", default_factory=SchedulerConfig
+    )
     max_model_len: int = option(0, "longest prompt + output; 0 = the model's context length")
-    enable_prefix_caching: bool = option(True, "reuse KV blocks of identical prompt prefixes")
     num_threads: int = option(0, "torch CPU threads; 0 = all cores")
     seed: int = option(0, "seed of the sampling generator for requests without their own seed")
 
     def __post_init__(self) -> None:
-        if self.kv_cache_block_size <= 0:
-            raise ValueError("kv_cache_block_size must be positive")
         if self.num_kv_blocks < 0:
             raise ValueError("num_kv_blocks must be >= 0")
-        if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
-            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
         if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
             raise ValueError("kv_cache_memory_fraction must be in (0, 1]")
 

@@ -47,6 +47,6 @@ def num_kv_blocks(config: TorchEngineConfig, model: ModelConfig, bytes_per_block
     else:
         host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         budget = int(host * config.kv_cache_memory_fraction)
-    block_size = config.kv_cache_block_size
-    max_useful = config.max_num_seqs * -(-model.context_length // block_size)
+    block_size = config.scheduler.kv_cache_block_size
+    max_useful = config.scheduler.max_num_seqs * -(-model.context_length // block_size)
     return max(1, min(budget // bytes_per_block, max_useful))

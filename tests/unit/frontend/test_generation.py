@@ -4,137 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import pytest
-from tandem.frontend.errors import EngineError, ServiceUnavailableError
-from tandem.frontend.generation import GenerationJob, Generator, StepOutput, make_job
+from tandem.frontend.errors import (
+    ContextLengthExceededError,
+    EngineError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+)
+from tandem.frontend.generation import Generator
+from tandem.frontend.job import GenerationJob, StepOutput, Usage
 from tandem.frontend.metrics import FrontendMetrics
-from tandem.frontend.models import ServedModel
 from tandem.frontend.openai_schema import SamplingOptions
 from tandem.frontend.worker_client import WorkerClientPool
-from tandem.router.api import BaseRouter, NoWorkersError, RouteResult
-from tandem.runtime.model_card import ModelCard, default_model_path
 from tandem.runtime.tokenizer import Tokenizer
-from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
-from tandem.worker.generate_stream import RequestFailed, serve_generate_stream
+from tandem.runtime.wire import worker_pb2
 
-from tests.support.fake_worker import serve_worker
-
-LENGTH = worker_pb2.FINISH_REASON_LENGTH
-
-
-@dataclass
-class FakeWorker(worker_pb2_grpc.WorkerServicer):
-    """Streams `tokens` one per message; fails with UNAVAILABLE after `fail_after` messages.
-
-    With `gate` set, it waits for the gate after `gate_after` tokens of each request.
-    """
-
-    tokens: list[int]
-    fail_after: int | None = None
-    gate: asyncio.Event | None = None
-    gate_after: int = 1
-    received: list[worker_pb2.GenerateRequest] = field(default_factory=list)
-    trace_contexts: list[dict[str, str]] = field(default_factory=list)
-    cancelled: list[str] = field(default_factory=list)
-    any_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    calls: int = 0
-
-    async def GenerateStream(self, requests, context):  # type: ignore[no-untyped-def]  # noqa: N802
-        self.calls += 1
-        await serve_generate_stream(requests, context, self.responses)
-
-    async def responses(
-        self, request: worker_pb2.GenerateRequest, trace_context: Mapping[str, str]
-    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
-        self.received.append(request)
-        self.trace_contexts.append(dict(trace_context))
-        start = request.num_generated_before
-        end = min(len(self.tokens), request.sampling.max_tokens)
-        try:
-            for i in range(start, end):
-                if self.fail_after is not None and i - start >= self.fail_after:
-                    raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "worker crashed")
-                if self.gate is not None and i - start >= self.gate_after:
-                    await self.gate.wait()
-                last = i == end - 1
-                yield worker_pb2.GenerateResponse(
-                    token_ids=[self.tokens[i]],
-                    logprobs=[worker_pb2.TokenLogprob(token_id=self.tokens[i], logprob=-0.5)],
-                    finish_reason=LENGTH if last else 0,
-                    usage=worker_pb2.Usage(
-                        prompt_tokens=len(request.token_ids),
-                        completion_tokens=i + 1,
-                        cached_tokens=16,
-                    )
-                    if last
-                    else None,
-                )
-                await asyncio.sleep(0)  # let other requests' outputs join the same write
-        except asyncio.CancelledError:
-            self.cancelled.append(request.request_id)
-            self.any_cancelled.set()
-            raise
-
-
-class ListRouter(BaseRouter):
-    """Routes to the first endpoint not excluded; records the router contract calls."""
-
-    def __init__(self, endpoints: dict[str, str]) -> None:
-        self.endpoints = endpoints
-        self.routed: list[str] = []
-        self.freed = 0
-        self.prefill_done_calls = 0
-
-    async def route(
-        self,
-        request_id: str,
-        token_ids: list[int],
-        *,
-        exclude: Collection[str] = (),
-        max_tokens: int = 0,
-    ) -> RouteResult:
-        for instance_id, endpoint in self.endpoints.items():
-            if instance_id not in exclude:
-                self.routed.append(instance_id)
-                return RouteResult(instance_id, endpoint)
-        raise NoWorkersError("none left")
-
-    def prefill_done(self, request_id: str) -> None:
-        self.prefill_done_calls += 1
-
-    def free(self, request_id: str) -> None:
-        self.freed += 1
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    return Tokenizer.from_gguf(default_model_path())
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Any]:
-    started: list[grpc.aio.Server] = []
-
-    async def serve(worker: FakeWorker) -> str:
-        server, endpoint = await serve_worker(worker)
-        started.append(server)
-        return endpoint
-
-    yield serve
-    for server in started:
-        await server.stop(None)
-
-
-def model_for(tokenizer: Tokenizer, router: BaseRouter) -> ServedModel:
-    card = ModelCard(
-        name="m", model_path="", context_length=8192, block_size=16, eos_token_ids=(2,)
-    )
-    return ServedModel("m", card, tokenizer, workers=[], router=router)  # type: ignore[arg-type]
+from tests.support.frontend_fakes import FakeWorker, ListRouter, model_for
 
 
 async def collect(generator: Generator, job: GenerationJob) -> list[StepOutput]:
@@ -156,7 +46,7 @@ async def test_streams_text_usage_and_logprobs(
     tokens = words(tokenizer, "The sea is calm tonight 🌊 and blue.")
     endpoint = await servers(FakeWorker(tokens))
     router = ListRouter({"w1": endpoint})
-    job = make_job(
+    job = GenerationJob(
         "r1",
         model_for(tokenizer, router),
         [1, 2, 3],
@@ -168,8 +58,8 @@ async def test_streams_text_usage_and_logprobs(
     )
     assert outputs[-1].finish_reason == "length"
     assert sum(len(out.logprobs or []) for out in outputs) == len(tokens)
-    assert generator.usage_of(job).completion_tokens == len(tokens)
-    assert generator.usage_of(job).cached_tokens == 3  # capped at the prompt length
+    assert job.reported_usage().completion_tokens == len(tokens)
+    assert job.reported_usage().cached_tokens == 3  # capped at the prompt length
     assert router.prefill_done_calls == 1 and router.freed == 1
 
 
@@ -181,7 +71,7 @@ async def test_worker_failure_migrates_with_generated_tokens(
     healthy = FakeWorker(tokens)
     router = ListRouter({"a": await servers(failing), "b": await servers(healthy)})
     prompt = [1, 2, 3]
-    job = make_job(
+    job = GenerationJob(
         "r2", model_for(tokenizer, router), prompt, SamplingOptions(max_tokens=len(tokens))
     )
     outputs = await collect(generator, job)
@@ -205,7 +95,7 @@ async def test_gives_up_after_max_migrations(
     router = ListRouter(
         {f"w{i}": await servers(FakeWorker(tokens, fail_after=1)) for i in range(5)}
     )
-    job = make_job("r3", model_for(tokenizer, router), [5], SamplingOptions(max_tokens=20))
+    job = GenerationJob("r3", model_for(tokenizer, router), [5], SamplingOptions(max_tokens=20))
     with pytest.raises(ServiceUnavailableError):
         await collect(generator, job)
     assert len(router.routed) == 3  # first try + max_migrations=2
@@ -213,7 +103,9 @@ async def test_gives_up_after_max_migrations(
 
 
 async def test_no_worker_is_service_unavailable(tokenizer: Tokenizer, generator: Generator) -> None:
-    job = make_job("r4", model_for(tokenizer, ListRouter({})), [5], SamplingOptions(max_tokens=2))
+    job = GenerationJob(
+        "r4", model_for(tokenizer, ListRouter({})), [5], SamplingOptions(max_tokens=2)
+    )
     with pytest.raises(ServiceUnavailableError):
         await collect(generator, job)
 
@@ -228,11 +120,11 @@ async def test_stop_string_cuts_and_cancels(
     )
     router = ListRouter({"w": await servers(worker)})
     sampling = SamplingOptions(max_tokens=100, stop=("STOP",))
-    job = make_job("r5", model_for(tokenizer, router), [5], sampling)
+    job = GenerationJob("r5", model_for(tokenizer, router), [5], sampling)
     outputs = await collect(generator, job)
     assert "".join(t for out in outputs for t in out.texts) == "alpha beta "
     assert outputs[-1].finish_reason == "stop"
-    assert generator.usage_of(job).completion_tokens < len(tokens)
+    assert job.reported_usage().completion_tokens < len(tokens)
     assert router.freed == 1
     await asyncio.wait_for(worker.any_cancelled.wait(), 10)
     assert worker.cancelled == ["r5"]  # the worker stopped generating it
@@ -248,7 +140,7 @@ async def test_engine_error_is_not_migrated(
             )
 
     router = ListRouter({"a": await servers(ErrorWorker([])), "b": await servers(FakeWorker([7]))})
-    job = make_job("r6", model_for(tokenizer, router), [5], SamplingOptions(max_tokens=3))
+    job = GenerationJob("r6", model_for(tokenizer, router), [5], SamplingOptions(max_tokens=3))
     with pytest.raises(EngineError, match="boom"):
         await collect(generator, job)
     assert router.routed == ["a"]
@@ -259,7 +151,7 @@ async def test_trace_context_travels_to_the_worker(
 ) -> None:
     worker = FakeWorker([100, 101])
     router = ListRouter({"w": await servers(worker)})
-    job = make_job("r7", model_for(tokenizer, router), [5], SamplingOptions(max_tokens=2))
+    job = GenerationJob("r7", model_for(tokenizer, router), [5], SamplingOptions(max_tokens=2))
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     job.trace_metadata = (("traceparent", traceparent),)
     await collect(generator, job)
@@ -274,7 +166,8 @@ async def test_requests_share_one_stream_per_worker(
     router = ListRouter({"w": await servers(worker)})
     model = model_for(tokenizer, router)
     jobs = [
-        make_job(f"s{i}", model, [5, i], SamplingOptions(max_tokens=len(tokens))) for i in range(8)
+        GenerationJob(f"s{i}", model, [5, i], SamplingOptions(max_tokens=len(tokens)))
+        for i in range(8)
     ]
     results = await asyncio.gather(*(collect(generator, job) for job in jobs))
     for outputs in results:
@@ -292,7 +185,7 @@ async def test_a_broken_stream_migrates_every_request_on_it(
     healthy = FakeWorker(tokens)
     router = ListRouter({"a": await servers(stuck), "b": await servers(healthy)})
     model = model_for(tokenizer, router)
-    jobs = [make_job(f"m{i}", model, [5], SamplingOptions(max_tokens=10)) for i in range(3)]
+    jobs = [GenerationJob(f"m{i}", model, [5], SamplingOptions(max_tokens=10)) for i in range(3)]
     tasks = [asyncio.create_task(collect(generator, job)) for job in jobs]
     while not all(job.generated for job in jobs):  # each has its first token from "a"
         await asyncio.sleep(0.01)
@@ -324,7 +217,7 @@ async def test_inter_token_latency_is_observed_per_delivery(
     generator = Generator(WorkerClientPool(), metrics, max_migrations=2)
     worker = PacedWorker([100, 101, 102, 103])
     router = ListRouter({"w": await servers(worker)})
-    job = make_job("r8", model_for(tokenizer, router), [5], SamplingOptions(max_tokens=4))
+    job = GenerationJob("r8", model_for(tokenizer, router), [5], SamplingOptions(max_tokens=4))
     stream = generator.stream(job)
     started = time.monotonic()
     for _ in range(4):
@@ -342,3 +235,75 @@ async def test_inter_token_latency_is_observed_per_delivery(
 
     assert sample("count") == 3  # one per delivery after the first, not one per request
     assert 0 < sample("sum") <= elapsed
+
+
+async def test_a_prompt_the_worker_refuses_is_a_bad_request_not_retried(
+    tokenizer: Tokenizer, servers: Any, generator: Generator
+) -> None:
+    refusing = FakeWorker([], reject=(grpc.StatusCode.INVALID_ARGUMENT, "token id out of range"))
+    router = ListRouter({"a": await servers(refusing), "b": await servers(FakeWorker([7]))})
+    job = GenerationJob("r9", model_for(tokenizer, router), [10**7], SamplingOptions(max_tokens=3))
+    with pytest.raises(InvalidRequestError) as info:
+        await collect(generator, job)
+    assert info.value.status == 400
+    assert info.value.message == "token id out of range"  # the worker's reason, as it said it
+    assert info.value.param == "prompt"
+    assert router.routed == ["a"] and router.freed == 1
+
+
+async def test_a_prompt_over_the_context_is_context_length_exceeded(
+    tokenizer: Tokenizer, servers: Any, generator: Generator
+) -> None:
+    message = "This model's maximum context length is 8192 tokens. However, you requested 9000"
+    refusing = FakeWorker([], reject=(grpc.StatusCode.OUT_OF_RANGE, message))
+    router = ListRouter({"a": await servers(refusing)})
+    model = model_for(tokenizer, router)
+    given = GenerationJob("r10", model, [5], SamplingOptions(max_tokens=9000))
+    with pytest.raises(ContextLengthExceededError) as info:
+        await collect(generator, given)
+    assert (info.value.status, info.value.code) == (400, "context_length_exceeded")
+    assert info.value.message == message and info.value.param == "max_tokens"
+    unbounded = GenerationJob("r11", model, [5], SamplingOptions(), length_param="messages")
+    with pytest.raises(ContextLengthExceededError) as info:
+        await collect(generator, unbounded)
+    assert info.value.param == "messages"
+
+
+async def test_no_max_tokens_leaves_the_limit_to_the_worker(
+    tokenizer: Tokenizer, servers: Any, generator: Generator
+) -> None:
+    worker = FakeWorker([100, 101, 102])
+    router = ListRouter({"w": await servers(worker)})
+    # A prompt longer than the card's context: the frontend does not judge it, the worker does.
+    prompt = [5] * 9000
+    job = GenerationJob("r12", model_for(tokenizer, router), prompt, SamplingOptions())
+    outputs = await collect(generator, job)
+    assert [t for out in outputs for t in out.token_ids] == [100, 101, 102]
+    assert worker.received[0].sampling.max_tokens == 0  # up to the context length
+    assert router.max_tokens == [0]  # the decode-load estimate: nothing left of the context
+
+
+async def test_usage_is_the_workers_when_it_finished_the_request(
+    tokenizer: Tokenizer, servers: Any, generator: Generator
+) -> None:
+    reported = worker_pb2.Usage(prompt_tokens=40, completion_tokens=9, cached_tokens=32)
+    router = ListRouter({"w": await servers(FakeWorker([100, 101], usage=reported))})
+    job = GenerationJob("r13", model_for(tokenizer, router), [5, 6, 7], SamplingOptions())
+    await collect(generator, job)
+    assert job.reported_usage() == Usage(40, 9, 32)
+
+
+async def test_usage_after_a_migration_counts_tokens_from_both_workers(
+    tokenizer: Tokenizer, servers: Any, generator: Generator
+) -> None:
+    tokens = list(range(100, 110))
+    router = ListRouter(
+        {
+            "a": await servers(FakeWorker(tokens, fail_after=4)),
+            "b": await servers(FakeWorker(tokens)),
+        }
+    )
+    job = GenerationJob("r14", model_for(tokenizer, router), [1, 2, 3], SamplingOptions())
+    await collect(generator, job)
+    assert job.reported_usage() == Usage(3, 10, 3)
+    assert router.max_tokens == [8192 - 3, 8192 - 3 - 4]

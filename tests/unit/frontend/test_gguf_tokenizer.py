@@ -123,7 +123,7 @@ def test_random_token_streams_decode_like_batch(tokenizer: Tokenizer) -> None:
 @pytest.mark.slow
 def test_metadata_reader_agrees_with_gguf_package() -> None:
     gguf = pytest.importorskip("gguf")
-    from tandem.runtime.tokenizer import read_gguf_metadata
+    from tandem.runtime.gguf_reader import read_gguf_metadata
 
     ours = read_gguf_metadata(GGUF)
     fields = gguf.GGUFReader(GGUF).fields

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from tandem.frontend.generation import StepOutput, Usage
-from tandem.frontend.responses import DONE, ChatStream, CompletionStream
+from tandem.frontend.job import StepOutput, TokenLogprob, Usage
+from tandem.frontend.responses import DONE, ChatRenderer, CompletionRenderer
 from tandem.runtime.model_card import default_model_path
 from tandem.runtime.tokenizer import Tokenizer
 
@@ -31,7 +31,7 @@ def events(raw: bytes) -> list[Any]:
 
 
 def test_chat_chunks(tokenizer: Tokenizer) -> None:
-    stream = ChatStream("chatcmpl-1", 'mo"del', tokenizer, created=7)
+    stream = ChatRenderer("chatcmpl-1", 'mo"del', tokenizer, created=7)
     [first] = events(stream.first())
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     step = events(stream.step(StepOutput([1, 2, 3, 4, 5], TRICKY)))
@@ -57,7 +57,7 @@ def test_chat_chunks(tokenizer: Tokenizer) -> None:
 
 
 def test_chat_logprobs_one_event_per_token(tokenizer: Tokenizer) -> None:
-    stream = ChatStream("chatcmpl-1", "m", tokenizer)
+    stream = ChatRenderer("chatcmpl-1", "m", tokenizer)
     ids = tokenizer.encode("🤖 hi")
     texts = [tokenizer.detokenizer().add_one(i) for i in ids]
     logprobs = [(i, -0.25, [(i, -0.25), (5, -3.0)]) for i in ids]
@@ -71,9 +71,28 @@ def test_chat_logprobs_one_event_per_token(tokenizer: Tokenizer) -> None:
 
 
 def test_completion_chunks(tokenizer: Tokenizer) -> None:
-    stream = CompletionStream("cmpl-1", "m", tokenizer)
+    stream = CompletionRenderer("cmpl-1", "m", tokenizer)
     assert stream.first() == b""
     step = events(stream.step(StepOutput([1, 2], ["a\n", '"b"'], finish_reason="stop")))
     assert [e["choices"][0]["text"] for e in step] == ["a\n", '"b"', ""]
     assert step[-1]["choices"][0]["finish_reason"] == "stop"
     assert all(e["object"] == "text_completion" for e in step)
+
+
+def test_bodies_and_echo_render_once_per_api(tokenizer: Tokenizer) -> None:
+    usage = Usage(3, 2, 0)
+    chat = ChatRenderer("chatcmpl-1", "m", tokenizer, created=7)
+    body = chat.body(["a", "b"], None, "length", usage)
+    assert body["object"] == "chat.completion" and body["created"] == 7
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "ab"}
+    assert body["usage"]["total_tokens"] == 5
+    ids = tokenizer.encode("Echo me")
+    for echo in ("Echo me", ids):
+        text = CompletionRenderer("cmpl-1", "m", tokenizer, echo=echo)
+        logprobs: list[TokenLogprob] = [(5, -0.5, []), (6, -0.5, [])]
+        [choice] = text.body(["x", "y"], logprobs, "stop", usage)["choices"]
+        assert choice["text"] == "Echo mexy"
+        assert choice["logprobs"]["text_offset"] == [7, 8]
+        streamed = CompletionRenderer("cmpl-1", "m", tokenizer, echo=echo)
+        [head] = events(streamed.first())
+        assert head["choices"][0]["text"] == "Echo me"

@@ -212,6 +212,7 @@ COMPLETION_ERRORS: list[tuple[dict[str, Any], type[FrontendError], int, str | No
     (completion(prompt=""), InvalidRequestError, 400, "prompt"),
     (completion(prompt=[]), InvalidRequestError, 400, "prompt"),
     (completion(prompt=[1, -1]), InvalidRequestError, 400, "prompt"),
+    (completion(prompt=[1, 2**32]), InvalidRequestError, 400, "prompt"),  # past the wire's uint32
     (completion(prompt=["a", "b"]), UnsupportedParameterError, 400, "prompt"),
     (completion(prompt=[[1], [2]]), UnsupportedParameterError, 400, "prompt"),
     (completion(logprobs=6), InvalidRequestError, 400, "logprobs"),
@@ -246,9 +247,8 @@ def _random_value(rng: Any, depth: int = 0) -> Any:
 def test_random_bodies_never_escape_as_unexpected_errors() -> None:
     import random
 
-    from tandem.frontend.generation import Generator, make_job
-    from tandem.frontend.metrics import FrontendMetrics
-    from tandem.frontend.worker_client import WorkerClientPool
+    from tandem.frontend.generation import generate_request
+    from tandem.frontend.job import GenerationJob
 
     class _Tokenizer:
         vocab_size = 1000
@@ -266,7 +266,6 @@ def test_random_bodies_never_escape_as_unexpected_errors() -> None:
         context_length = 4096
         stop_token_ids = (2,)
 
-    generator = Generator(WorkerClientPool(), FrontendMetrics())
     rng = random.Random(1)
     fields = ["max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream",
               "stream_options", "logprobs", "top_logprobs", "ignore_eos", "min_tokens",
@@ -282,7 +281,7 @@ def test_random_bodies_never_escape_as_unexpected_errors() -> None:
             candidate.pop("prompt" if parse is parse_chat_request else "messages")
             try:
                 request = parse(candidate)
-                job = make_job("r", _Model(), [1, 2, 3], request.sampling)  # type: ignore[arg-type]
-                generator._request(job)  # the protobuf accepts every value that validated
+                job = GenerationJob("r", _Model(), [1, 2, 3], request.sampling)  # type: ignore[arg-type]
+                generate_request(job)  # the protobuf accepts every value that validated
             except FrontendError:
                 pass

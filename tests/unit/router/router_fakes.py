@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tandem.runtime.discovery import ChangeCallback, InstanceInfo
+from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.instance_set import ChangeCallback
 
 
 class FakeWorkers:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from prometheus_client import CollectorRegistry
 from router_fakes import FakeWorkers
 from tandem.router.api import NoWorkersError, RouterBusyError
 from tandem.router.config import RoutingConfig
@@ -18,7 +17,7 @@ def prompt(seed: int, blocks: int) -> list[int]:
 
 
 def kv_router(workers: FakeWorkers, **overrides) -> KvRouter:
-    return KvRouter(RoutingConfig(**overrides), workers, registry=CollectorRegistry())
+    return KvRouter(RoutingConfig(**overrides), workers)
 
 
 async def test_routes_to_the_worker_holding_the_prefix():

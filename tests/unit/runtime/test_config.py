@@ -66,3 +66,54 @@ def test_unknown_flags_are_handed_back() -> None:
         _ServiceConfig, ["--port", "5", "--num-kv-blocks", "64"], environ={}
     )
     assert config.port == 5 and rest == ["--num-kv-blocks", "64"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Batching:
+    """Shared by two services, each with its own defaults."""
+
+    max_num_seqs: int = option(64, "Batch size.")
+    prefix_caching: bool = option(True, "Reuse prefixes.")
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs <= 0:
+            raise ValueError("max_num_seqs must be positive")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _BigService(RuntimeConfig):
+    """A service that batches a lot."""
+
+    port: int = option(9000, "gRPC port.")
+    batching: _Batching = option(
+        default_factory=lambda: _Batching(max_num_seqs=256), help="Batching."
+    )
+
+
+def test_nested_configs_are_flat_flags_with_the_outer_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    default = parse_config(_BigService, [], environ={})
+    assert default.batching == _Batching(max_num_seqs=256, prefix_caching=True)
+    from_env = parse_config(_BigService, [], environ={"TANDEM_MAX_NUM_SEQS": "8"})
+    assert from_env.batching == _Batching(max_num_seqs=8)
+    from_flags = parse_config(
+        _BigService,
+        ["--max-num-seqs", "3", "--no-prefix-caching"],
+        environ={"TANDEM_MAX_NUM_SEQS": "8"},
+    )
+    assert from_flags.batching == _Batching(max_num_seqs=3, prefix_caching=False)
+    # Only what was given changes; the rest keeps the outer default (256, not 64).
+    assert parse_config(_BigService, ["--no-prefix-caching"], environ={}).batching == _Batching(
+        max_num_seqs=256, prefix_caching=False
+    )
+    with pytest.raises(SystemExit):
+        parse_config(_BigService, ["--max-num-seqs", "0"], environ={})
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit):
+        parse_config(_BigService, ["--help"], prog="svc")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--batching" not in text
+    assert "--max-num-seqs MAX_NUM_SEQS Batch size. [env TANDEM_MAX_NUM_SEQS; default: 256]" in text
+    assert "--prefix-caching, --no-prefix-caching" in text

@@ -84,7 +84,7 @@ async def test_prefix_reuse_and_kv_events(engine: MockerEngine) -> None:
     second = await run(engine, request("b", prompt, max_tokens=1))
     assert first[-1].usage and first[-1].usage.cached_tokens == 0
     assert second[-1].usage and second[-1].usage.cached_tokens == 96
-    sink = engine.blocks._sink
+    sink = engine.scheduler.block_manager._sink
     assert isinstance(sink, RecordingSink)
     stored = [h for kind, data in sink.events if kind == "stored" for h, _ in data[1]]  # type: ignore[index]
     assert stored == sequence_hashes(prompt, 16)
@@ -99,7 +99,7 @@ async def test_rejects_bad_requests(engine: MockerEngine) -> None:
 
 
 async def test_closing_the_stream_aborts_and_frees_blocks(engine: MockerEngine) -> None:
-    stream = engine.generate(request("a", list(range(64)), max_tokens=100_000))
+    stream = engine.generate(request("a", list(range(64)), max_tokens=0))  # up to the context
     first = await anext(stream)
     assert first.token_ids
     assert engine.stats().active_blocks > 0
@@ -110,7 +110,7 @@ async def test_closing_the_stream_aborts_and_frees_blocks(engine: MockerEngine) 
 
 async def test_preemption_never_loses_a_request() -> None:
     # 12 blocks of 16 tokens; each request needs up to 4 blocks: they cannot all run at once.
-    config = replace(FAST, num_kv_blocks=12, watermark=0.0)
+    config = replace(FAST, num_kv_blocks=12, scheduler=replace(FAST.scheduler, watermark=0.0))
     engine = MockerEngine(config)
     await engine.start()
     try:

@@ -9,7 +9,14 @@ from tandem.worker.block_manager import BlockManager
 from tandem.worker.engine import SamplingConfig
 from tandem.worker.kv_event_sink import RecordingSink
 from tandem.worker.scheduler import ScheduledBatch, Scheduler
+from tandem.worker.scheduler_config import SchedulerConfig
 from tandem.worker.sequence import Sequence, SequenceStatus
+
+
+def config(max_num_seqs: int, max_num_batched_tokens: int, **kw: Any) -> SchedulerConfig:
+    return SchedulerConfig(
+        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, **kw
+    )
 
 
 def _seq(rid: str, n: int, start: int = 0, **kw: Any) -> Sequence:
@@ -31,7 +38,7 @@ def _run(sched: Scheduler[Sequence], token: int = 7) -> ScheduledBatch[Sequence]
 
 
 def test_long_prompt_is_chunked_and_decodes_keep_running() -> None:
-    sched: Scheduler[Sequence] = Scheduler(BlockManager(64, 16), 8, max_num_batched_tokens=32)
+    sched: Scheduler[Sequence] = Scheduler(BlockManager(64, 16), config(8, 32))
     short = _seq("short", 10)
     sched.add(short)
     _run(sched)
@@ -49,7 +56,7 @@ def test_long_prompt_is_chunked_and_decodes_keep_running() -> None:
 
 
 def test_chunked_prefill_then_a_newcomer_joins_the_decodes() -> None:
-    sched: Scheduler[Sequence] = Scheduler(BlockManager(64, 16), 8, max_num_batched_tokens=32)
+    sched: Scheduler[Sequence] = Scheduler(BlockManager(64, 16), config(8, 32))
     long = _seq("long", 80)
     sched.add(long)
     assert sched.num_pending_prefill_tokens == 80
@@ -75,7 +82,7 @@ def test_chunked_prefill_then_a_newcomer_joins_the_decodes() -> None:
 
 
 def test_max_num_seqs_limits_the_batch() -> None:
-    sched: Scheduler[Sequence] = Scheduler(BlockManager(64, 16), 2, max_num_batched_tokens=512)
+    sched: Scheduler[Sequence] = Scheduler(BlockManager(64, 16), config(2, 512))
     for i in range(3):
         sched.add(_seq(f"r{i}", 5, start=100 * i))
     batch = sched.schedule()
@@ -84,7 +91,7 @@ def test_max_num_seqs_limits_the_batch() -> None:
 
 def test_watermark_holds_admission_back_while_others_run() -> None:
     bm = BlockManager(20, 4)
-    sched: Scheduler[Sequence] = Scheduler(bm, 8, max_num_batched_tokens=512, watermark=0.25)
+    sched: Scheduler[Sequence] = Scheduler(bm, config(8, 512, watermark=0.25))
     a, b = _seq("a", 40), _seq("b", 24, start=100)  # 10 blocks, then 6 of the 10 left
     sched.add(a)
     sched.add(b)
@@ -97,7 +104,7 @@ def test_watermark_holds_admission_back_while_others_run() -> None:
 
 def test_out_of_blocks_preempts_the_newest_and_requeues_it() -> None:
     bm = BlockManager(4, 4)
-    sched: Scheduler[Sequence] = Scheduler(bm, 8, max_num_batched_tokens=64)
+    sched: Scheduler[Sequence] = Scheduler(bm, config(8, 64))
     a, b = _seq("a", 8), _seq("b", 8, start=50)
     sched.add(a)
     sched.add(b)
@@ -118,7 +125,7 @@ def test_out_of_blocks_preempts_the_newest_and_requeues_it() -> None:
 
 def test_the_victim_is_the_newest_sequence_not_yet_scheduled() -> None:
     bm = BlockManager(6, 4)
-    sched: Scheduler[Sequence] = Scheduler(bm, 8, max_num_batched_tokens=64)
+    sched: Scheduler[Sequence] = Scheduler(bm, config(8, 64))
     a, b, c = _seq("a", 8), _seq("b", 8, start=50), _seq("c", 8, start=100)
     for seq in (a, b, c):
         sched.add(seq)
@@ -130,7 +137,7 @@ def test_the_victim_is_the_newest_sequence_not_yet_scheduled() -> None:
 
 def test_abort_frees_blocks_wherever_the_sequence_is() -> None:
     bm = BlockManager(16, 4)
-    sched: Scheduler[Sequence] = Scheduler(bm, 8, max_num_batched_tokens=64)
+    sched: Scheduler[Sequence] = Scheduler(bm, config(8, 64))
     a, b = _seq("a", 10), _seq("b", 10, start=100)
     sched.add(a)
     _run(sched)
@@ -146,7 +153,7 @@ def test_abort_frees_blocks_wherever_the_sequence_is() -> None:
 
 def test_a_sequence_aborted_while_its_step_ran_is_left_alone() -> None:
     bm = BlockManager(16, 4)
-    sched: Scheduler[Sequence] = Scheduler(bm, 8, max_num_batched_tokens=64)
+    sched: Scheduler[Sequence] = Scheduler(bm, config(8, 64))
     a, b = _seq("a", 10), _seq("b", 10, start=100)
     sched.add(a)
     sched.add(b)
@@ -160,7 +167,7 @@ def test_a_sequence_aborted_while_its_step_ran_is_left_alone() -> None:
 
 def test_stop_tokens_eos_and_length_finish_and_free() -> None:
     bm = BlockManager(64, 4)
-    sched: Scheduler[Sequence] = Scheduler(bm, 8, max_num_batched_tokens=512)
+    sched: Scheduler[Sequence] = Scheduler(bm, config(8, 512))
     eos = (2,)
     stop = _seq("stop", 5, params=SamplingConfig(stop_token_ids=(9,)), eos_token_ids=eos)
     eos_seq = _seq("eos", 5, start=10, eos_token_ids=eos)
@@ -188,7 +195,7 @@ def test_usage_counts_migrated_tokens_as_output() -> None:
 
 def test_computed_blocks_are_published_and_reused() -> None:
     sink = RecordingSink()
-    sched: Scheduler[Sequence] = Scheduler(BlockManager(64, 16, sink), 8, 512)
+    sched: Scheduler[Sequence] = Scheduler(BlockManager(64, 16, sink), config(8, 512))
     first = _seq("first", 40)
     sched.add(first)
     _run(sched)

@@ -251,11 +251,11 @@ def test_config_flags_have_the_usual_names() -> None:
          "--no-enable-prefix-caching"]
     )  # fmt: skip
     cfg = config_from_namespace(TorchEngineConfig, ns, environ={})
-    assert (cfg.model_path, cfg.dtype, cfg.num_kv_blocks, cfg.kv_cache_block_size) == (
+    assert (cfg.model_path, cfg.dtype, cfg.num_kv_blocks, cfg.scheduler.kv_cache_block_size) == (
         "/m", "float32", 7, 32,
     )  # fmt: skip
-    assert cfg.max_num_seqs == 3 and cfg.max_num_batched_tokens == 64
-    assert not cfg.enable_prefix_caching
+    assert cfg.scheduler.max_num_seqs == 3 and cfg.scheduler.max_num_batched_tokens == 64
+    assert not cfg.scheduler.enable_prefix_caching
 
 
 async def test_bfloat16_engine_answers_like_float32(engine: TorchEngine) -> None:

@@ -18,7 +18,7 @@ def test_worker_and_engine_flags_then_env_then_defaults(monkeypatch: pytest.Monk
     assert worker.disaggregation_mode == "aggregated" and worker.endpoint_host == "127.0.0.1"
     assert isinstance(engine, MockerConfig)
     assert (engine.num_kv_blocks, engine.speedup_ratio) == (99, 50.0)
-    assert engine.kv_cache_block_size == 16
+    assert engine.scheduler.kv_cache_block_size == 16
 
 
 def test_engine_from_env_and_random_instance_ids(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,3 +53,34 @@ def test_help_lists_engine_flags_and_mocker_never_imports_torch() -> None:
     for flag in ("--speedup-ratio", "--num-kv-blocks", "--disaggregation-mode", "--metrics-port"):
         assert flag in result.stdout
     assert "NO_TORCH" in result.stdout
+
+
+def test_scheduler_flags_are_flat_and_each_engine_keeps_its_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    from tandem.runtime.config import add_arguments
+    from tandem.worker.torch_engine import TorchEngineConfig
+
+    monkeypatch.setenv("TANDEM_MAX_NUM_BATCHED_TOKENS", "512")
+    _, engine = parse_args(["--engine", "mocker", "--max-num-seqs", "5", "--watermark", "0"])
+    assert isinstance(engine, MockerConfig)
+    assert (engine.scheduler.max_num_seqs, engine.scheduler.max_num_batched_tokens) == (5, 512)
+    assert engine.scheduler.watermark == 0.0 and engine.scheduler.kv_cache_block_size == 16
+
+    mocker, torch = MockerConfig().scheduler, TorchEngineConfig().scheduler
+    assert (mocker.max_num_seqs, mocker.max_num_batched_tokens, mocker.watermark) == (
+        256,
+        8192,
+        0.01,
+    )
+    assert (torch.max_num_seqs, torch.max_num_batched_tokens, torch.watermark) == (64, 2048, 0.01)
+    for cls, seqs in ((MockerConfig, 256), (TorchEngineConfig, 64)):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, cls)
+        text = " ".join(parser.format_help().split())
+        assert f"[env TANDEM_MAX_NUM_SEQS; default: {seqs}]" in text
+        for flag in ("--kv-cache-block-size", "--max-num-batched-tokens", "--watermark"):
+            assert flag in text
+        assert "--enable-prefix-caching, --no-enable-prefix-caching" in text

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .startup import EXIT_CANNOT_START
+from tandem.runtime.startup import EXIT_CANNOT_START
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from tandem.runtime.cli import UpConfig, _with_thread_share, main
+from tandem.launcher.cli import main
+from tandem.launcher.up import UpConfig, _with_thread_share
+from tandem.runtime.config import config_to_argv
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,9 +56,8 @@ def test_up_rejects_bad_pool_flags(
 
 
 def test_up_passes_planner_flags_on() -> None:
-    args = UpConfig(
-        planner=True, workers=1, max_workers=3, planner_adjustment_interval=2.5
-    ).planner_args("m")
+    config = UpConfig(planner=True, workers=1, max_workers=3, planner_adjustment_interval=2.5)
+    args = config_to_argv(config.planner_config("m"))
     assert args[:2] == ["--model", "m"]
     assert args[args.index("--max-workers") + 1] == "3"
     assert args[args.index("--adjustment-interval") + 1] == "2.5"

@@ -7,8 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+from tandem.launcher.supervisor import ChildSpec, Supervisor
 from tandem.runtime.startup import EXIT_CANNOT_START
-from tandem.runtime.supervisor import ChildSpec, Supervisor
 
 from tests.support.checks import wait_until
 

@@ -1,47 +1,43 @@
-"""The `tandem` command: `tandem up` runs a local cluster; `tandem <service>` runs one service.
+"""`tandem up`: a local cluster of nats, etcd, workers and a frontend, supervised until Ctrl-C.
 
-`tandem frontend|worker|router ...` is what a container runs: it calls that
-service's `main(argv)`. `tandem up` starts nats-server and etcd (unless given
-with --nats/--etcd), N workers and a frontend, supervises them, and stops them
-all on Ctrl-C or SIGTERM. Flags it does not know are passed on to every
-worker (engine flags such as --num-kv-blocks or --speedup-ratio).
+It starts nats-server and etcd (unless given with --nats/--etcd), N workers
+and a frontend, waits until the frontend serves a model, and stops them all
+on Ctrl-C or SIGTERM. Each child's flags come from a typed config built here
+(`FrontendConfig`, `WorkerConfig`, `PlannerConfig`), so a bad value fails in
+`tandem up` at once; flags `tandem up` does not know are passed on to every
+worker unchanged (engine flags such as --num-kv-blocks or --speedup-ratio).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
+import dataclasses
 import json
 import logging
 import signal
-import sys
 import time
 import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .config import option, parse_known_config
-from .host import usable_cpus
+from tandem.frontend.config import FrontendConfig
+from tandem.planner.config import PlannerConfig
+from tandem.planner.connectors import follow_target
+from tandem.planner.target import ReplicaTarget, TargetStore
+from tandem.router.config import ROUTER_MODES
+from tandem.runtime.config import RuntimeConfig, config_to_argv, option
+from tandem.runtime.discovery import Discovery
+from tandem.runtime.host import usable_cpus
+from tandem.runtime.model_card import DEFAULT_MODEL_NAME
+from tandem.runtime.tasks import cancel_and_wait
+from tandem.worker.config import WorkerConfig
+from tandem.worker.registry import ENGINES
+
+from .local_connector import LocalConnector
 from .local_infra import InfraError, LocalInfra
-from .logs import setup_logging
 from .supervisor import ChildSpec, Supervisor
-from .tasks import cancel_and_wait
 
 log = logging.getLogger("tandem.up")
-
-SERVICES = {
-    "frontend": ("tandem.frontend.__main__", "OpenAI-compatible HTTP frontend"),
-    "worker": (
-        "tandem.worker.__main__",
-        "a worker: gRPC server in front of an engine (torch or mocker)",
-    ),
-    "router": ("tandem.router.__main__", "standalone KV-aware router service (gRPC)"),
-    "planner": (
-        "tandem.planner.__main__",
-        "load-based autoscaler: writes each model's desired worker count to etcd",
-    ),
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,27 +51,27 @@ class UpConfig:
     the planner (see `tandem planner --help`) grows it up to --max-workers.
     """
 
-    engine: str = option("torch", "Engine for every worker.", choices=("torch", "mocker"))
+    engine: str = option("torch", "Engine for every worker.", choices=tuple(ENGINES))
     workers: int = option(2, "Number of worker processes (the starting size with --planner).")
     planner: bool = option(False, "Scale the worker pool with the planner.")
     min_workers: int = option(1, "With --planner: fewest workers the planner asks for.")
     max_workers: int = option(
         4, "With --planner: most workers; torch workers split the cores by this number."
     )
+    # The planner's own defaults: one source, so `--help` here shows what the planner uses.
     planner_adjustment_interval: float = option(
-        10.0, "With --planner: seconds between two scaling decisions."
+        PlannerConfig.adjustment_interval, "With --planner: seconds between two scaling decisions."
     )
     planner_scale_up_kv_usage: float = option(
-        0.8, "With --planner: scale up above this KV usage (active/total blocks)."
+        PlannerConfig.scale_up_kv_usage,
+        "With --planner: scale up above this KV usage (active/total blocks).",
     )
     planner_scale_down_kv_usage: float = option(
-        0.3, "With --planner: scale down below this KV usage."
+        PlannerConfig.scale_down_kv_usage, "With --planner: scale down below this KV usage."
     )
     http_port: int = option(8000, "Port of the OpenAI-compatible HTTP API.")
     http_host: str = option("0.0.0.0", "Interface the HTTP API listens on.")
-    router_mode: str = option(
-        "kv", "How the frontend picks a worker.", choices=("kv", "round-robin", "random")
-    )
+    router_mode: str = option("kv", "How the frontend picks a worker.", choices=ROUTER_MODES)
     nats: str = option("", "Use this running NATS (JetStream on) instead of starting one.")
     etcd: str = option("", "Use this running etcd instead of starting one.")
     namespace: str = option("default", "Deployment namespace.")
@@ -94,28 +90,69 @@ class UpConfig:
                 f"--workers ({self.workers}) must be within --min-workers ({self.min_workers}) "
                 f"and --max-workers ({self.max_workers})"
             )
+        # The children's own checks, so a bad value fails here and not in a
+        # child that keeps crashing after the cluster started.
+        try:
+            self.frontend_config()
+        except ValueError as exc:
+            raise ValueError(f"frontend: {exc}") from None
         if self.planner:
-            # The planner's own checks, so a bad threshold fails here and not
-            # in a child that keeps crashing after the cluster started.
-            from tandem.planner.config import PlannerConfig
-
             try:
-                PlannerConfig(min_workers=self.min_workers, max_workers=self.max_workers,
-                              adjustment_interval=self.planner_adjustment_interval,
-                              scale_up_kv_usage=self.planner_scale_up_kv_usage,
-                              scale_down_kv_usage=self.planner_scale_down_kv_usage)  # fmt: skip
+                self.planner_config(DEFAULT_MODEL_NAME)
             except ValueError as exc:
                 raise ValueError(
                     f"planner: {exc} (in `tandem up`, those flags start with --planner-)"
                 ) from None
 
-    def planner_args(self, model: str) -> list[str]:
-        """The flags of the planner child that `tandem up --planner` runs for `model`."""
-        return ["--model", model, "--min-workers", str(self.min_workers),
-                "--max-workers", str(self.max_workers),
-                "--adjustment-interval", str(self.planner_adjustment_interval),
-                "--scale-up-kv-usage", str(self.planner_scale_up_kv_usage),
-                "--scale-down-kv-usage", str(self.planner_scale_down_kv_usage)]  # fmt: skip
+    def runtime(self, nats: str = "", etcd: str = "") -> RuntimeConfig:
+        """What every child shares: this cluster's servers, namespace and log level.
+
+        Empty `nats`/`etcd` keep RuntimeConfig's defaults (before the local
+        servers exist, when only the other fields are checked).
+        """
+        servers = {"nats": nats, "etcd": etcd}
+        return RuntimeConfig(
+            namespace=self.namespace,
+            log_level=self.log_level,
+            **{name: url for name, url in servers.items() if url},
+        )
+
+    def frontend_config(self, runtime: RuntimeConfig | None = None) -> FrontendConfig:
+        """The frontend child: the HTTP API on --http-port, routing with --router-mode."""
+        return FrontendConfig(
+            **_fields(runtime or self.runtime()),
+            http_port=self.http_port,
+            http_host=self.http_host,
+            router_mode=self.router_mode,
+        )
+
+    def worker_config(self, runtime: RuntimeConfig | None = None) -> WorkerConfig:
+        """Every worker child, before the pass-through flags (its instance id is its own)."""
+        return WorkerConfig(**_fields(runtime or self.runtime()), engine=self.engine)
+
+    def planner_config(self, model: str, runtime: RuntimeConfig | None = None) -> PlannerConfig:
+        """The planner child that `tandem up --planner` runs for `model`."""
+        return PlannerConfig(
+            **_fields(runtime or self.runtime()),
+            model=model,
+            min_workers=self.min_workers,
+            max_workers=self.max_workers,
+            adjustment_interval=self.planner_adjustment_interval,
+            scale_up_kv_usage=self.planner_scale_up_kv_usage,
+            scale_down_kv_usage=self.planner_scale_down_kv_usage,
+        )
+
+
+def _fields(runtime: RuntimeConfig) -> dict[str, Any]:
+    return {f.name: getattr(runtime, f.name) for f in dataclasses.fields(RuntimeConfig)}
+
+
+def worker_argv(config: WorkerConfig, passed_on: list[str]) -> list[str]:
+    """A worker child's flags: its typed config, then the flags `tandem up` passes on unchanged.
+
+    The instance id is left out: each worker process (and each restart) draws its own.
+    """
+    return [*config_to_argv(config, omit=("instance_id",)), *passed_on]
 
 
 def _models_ready(port: int) -> list[str]:
@@ -150,18 +187,10 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
             infra.etcd_url,
             infra.root,
         )
-    nats_url = config.nats or (infra.nats_url if infra else "")
-    etcd_url = config.etcd or (infra.etcd_url if infra else "")
-    common = [
-        "--nats",
-        nats_url,
-        "--etcd",
-        etcd_url,
-        "--namespace",
-        config.namespace,
-        "--log-level",
-        config.log_level,
-    ]
+    runtime = config.runtime(
+        nats=config.nats or (infra.nats_url if infra else ""),
+        etcd=config.etcd or (infra.etcd_url if infra else ""),
+    )
 
     supervisor = Supervisor()
     stop = asyncio.Event()
@@ -170,19 +199,17 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
         loop.add_signal_handler(sig, stop.set)
     pool: asyncio.Task[None] | None = None
     try:
-        worker_args = _with_thread_share(config, worker_args)
-        args = ["--engine", config.engine, *common, *worker_args]
+        args = worker_argv(config.worker_config(runtime), _with_thread_share(config, worker_args))
         if config.planner:
             pool = asyncio.create_task(
-                _planner_pool(config, supervisor, args, common, etcd_url), name="planner pool"
+                _planner_pool(config, supervisor, args, runtime), name="planner pool"
             )
         else:
             for i in range(config.workers):
                 await supervisor.start(
                     ChildSpec.python_module(f"worker-{i}", "tandem.worker", args)
                 )
-        frontend_args = [*common, "--http-port", str(config.http_port), "--http-host", config.http_host,
-                         "--router-mode", config.router_mode]  # fmt: skip
+        frontend_args = config_to_argv(config.frontend_config(runtime))
         await supervisor.start(
             ChildSpec.python_module("frontend", "tandem.frontend", frontend_args)
         )
@@ -217,8 +244,7 @@ async def _planner_pool(
     config: UpConfig,
     supervisor: Supervisor,
     worker_args: list[str],
-    common: list[str],
-    etcd_url: str,
+    runtime: RuntimeConfig,
 ) -> None:
     """Run the worker pool of `tandem up --planner`: the local connector plus a planner child.
 
@@ -227,18 +253,13 @@ async def _planner_pool(
     target left by an earlier run in this namespace must not resize a fresh
     cluster), and from then on the pool follows the target key.
     """
-    from tandem.planner.connectors import LocalConnector, follow_target
-    from tandem.planner.target import ReplicaTarget, TargetStore
-
-    from .discovery import Discovery
-
     connector = LocalConnector(
         supervisor,
         lambda name: ChildSpec.python_module(name, "tandem.worker", worker_args),
         config.max_workers,
     )
     await connector.scale_to(config.workers, "starting size (--workers)")
-    discovery = Discovery(etcd_url, config.namespace)
+    discovery = Discovery(runtime.etcd, config.namespace)
     try:
         await discovery.start()
         workers = await discovery.instance_set("worker").start()
@@ -249,8 +270,8 @@ async def _planner_pool(
         await store.write(
             ReplicaTarget(model, config.workers, "tandem up: starting size", time.time())
         )
-        await supervisor.start(ChildSpec.python_module("planner", "tandem.planner",
-                                                       [*common, *config.planner_args(model)]))  # fmt: skip
+        planner_args = config_to_argv(config.planner_config(model, runtime))
+        await supervisor.start(ChildSpec.python_module("planner", "tandem.planner", planner_args))
         log.info("planner scales %s between %d and %d workers", model, config.min_workers,
                  config.max_workers)  # fmt: skip
         await follow_target(store, model, connector)
@@ -270,34 +291,3 @@ def _with_thread_share(config: UpConfig, worker_args: list[str]) -> list[str]:
     # With the planner the pool may grow to --max-workers: size each share for that.
     sharers = config.max_workers if config.planner else config.workers
     return [*worker_args, "--num-threads", str(max(1, cores // max(1, sharers)))]
-
-
-def _usage() -> str:
-    lines = ["usage: tandem <command> [flags]", "", "commands:",
-             "  up          run a local cluster (nats, etcd, workers, frontend) on http://localhost:8000/v1"]  # fmt: skip
-    lines += [f"  {name:<11} {doc}" for name, (_, doc) in SERVICES.items()]
-    lines += ["", "`tandem <command> --help` lists each command's flags."]
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(_usage())
-        return 0 if args else 2
-    command, rest = args[0], args[1:]
-    if command in SERVICES:
-        module = importlib.import_module(SERVICES[command][0])
-        return int(module.main(rest) or 0)
-    if command == "up":
-        config, worker_args = parse_known_config(UpConfig, rest, prog="tandem up")
-        setup_logging(config.log_level, component="up")
-        with contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(run_up(config, worker_args))
-        return 130
-    print(f"tandem: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
