@@ -161,6 +161,15 @@ def config_from_namespace(
     return cls(**_given_values(cls, namespace, environ, None))
 
 
+def config_from_env(
+    cls: type[T], environ: Mapping[str, str] | None = None, /, **overrides: Any
+) -> T:
+    """`cls` as a process started with no flags builds it (`TANDEM_*` environment, then
+    defaults), with `overrides` on top: the config a parent means to hand a child."""
+    environ = os.environ if environ is None else environ
+    return cls(**{**_given_values(cls, argparse.Namespace(), environ, None), **overrides})
+
+
 def _parser(cls: type[Any], prog: str | None, description: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,

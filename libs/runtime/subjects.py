@@ -1,4 +1,4 @@
-"""NATS subject and stream names (DESIGN.md, Contracts/NATS): the only place they are spelled."""
+"""NATS subject and stream names (docs/contracts.md, NATS): the only place they are spelled."""
 
 from __future__ import annotations
 

@@ -53,10 +53,6 @@ class BaseEndpoint(abc.ABC, Generic[RequestT]):
     def renderer(self, job: GenerationJob, request: RequestT) -> BaseRenderer:
         """The renderer of this request's answer, streamed or not."""
 
-    @abc.abstractmethod
-    def explicit_max_tokens(self, request: RequestT) -> bool:
-        """Whether the client set the completion's length (not a default)."""
-
     def job(
         self, request_id: str, model: ServedModel, prompt_ids: list[int], request: RequestT
     ) -> GenerationJob:
@@ -67,7 +63,10 @@ class BaseEndpoint(abc.ABC, Generic[RequestT]):
             prompt_ids,
             request.sampling,
             prompt_param=self.prompt_param,
-            length_param="max_tokens" if self.explicit_max_tokens(request) else self.prompt_param,
+            # Completions always have a max_tokens (the API's default of 16 counts).
+            length_param="max_tokens"
+            if request.sampling.max_tokens is not None
+            else self.prompt_param,
         )
 
 
@@ -94,9 +93,6 @@ class ChatEndpoint(BaseEndpoint[ChatCompletionRequest]):
     def renderer(self, job: GenerationJob, request: ChatCompletionRequest) -> BaseRenderer:
         return ChatRenderer(f"chatcmpl-{job.request_id}", job.model.name, job.model.tokenizer)
 
-    def explicit_max_tokens(self, request: ChatCompletionRequest) -> bool:
-        return request.sampling.max_tokens is not None
-
 
 class CompletionEndpoint(BaseEndpoint[CompletionRequest]):
     """`POST /v1/completions`: a prompt string or token ids, optionally echoed."""
@@ -121,9 +117,6 @@ class CompletionEndpoint(BaseEndpoint[CompletionRequest]):
             job.model.tokenizer,
             echo=request.prompt if request.echo else None,
         )
-
-    def explicit_max_tokens(self, request: CompletionRequest) -> bool:
-        return request.explicit_max_tokens
 
 
 ENDPOINTS: tuple[BaseEndpoint[Any], ...] = (ChatEndpoint(), CompletionEndpoint())

@@ -79,12 +79,13 @@ def rejection(job: GenerationJob, exc: WorkerStreamError) -> FrontendError:
     """The client's error for a request the worker refused (`exc.code` not a worker failure).
 
     The worker's messages are written for the client. The frontend checked every
-    sampling field itself, so what a worker can still refuse is the prompt.
+    sampling field itself, so what the worker refuses is the prompt (empty, or a
+    token id outside the vocabulary), named as this API names it.
     """
     if exc.code == grpc.StatusCode.OUT_OF_RANGE:
         return ContextLengthExceededError(exc.details, param=job.length_param)
     if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidRequestError(exc.details, param=job.prompt_param)
+        return InvalidRequestError(exc.details, param=job.prompt_param, code="invalid_value")
     return EngineError(f"worker rejected the request: {exc.details}")
 
 

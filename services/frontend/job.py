@@ -17,6 +17,9 @@ from .openai_schema import SamplingOptions
 if TYPE_CHECKING:
     from .models import ServedModel
 
+# Output tokens the router assumes for a request with no max_tokens on a model of unknown context.
+_UNKNOWN_CONTEXT_OUTPUT_ESTIMATE = 4096
+
 # (token_id, logprob, [(alternative_id, logprob), ...])
 TokenLogprob = tuple[int, float, list[tuple[int, float]]]
 
@@ -85,10 +88,14 @@ class GenerationJob:
         """Tokens still to come, for the router's decode-load estimate (never a limit).
 
         The client's max_tokens when it gave one; otherwise what the model card's
-        context length leaves, which only guesses: the worker decides where it stops.
+        context length leaves (or a nominal 4096 when no card says), which only
+        guesses: the worker decides where it stops.
         """
         done = len(self.generated)
         max_tokens = self.sampling.max_tokens
         if max_tokens is not None:
             return max(max_tokens - done, 0)
-        return max(self.model.context_length - len(self.prompt_ids) - done, 0)
+        context = self.model.context_length
+        if not context:
+            return max(_UNKNOWN_CONTEXT_OUTPUT_ESTIMATE - done, 0)
+        return max(context - len(self.prompt_ids) - done, 0)

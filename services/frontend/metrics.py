@@ -1,4 +1,4 @@
-"""The frontend's Prometheus metrics (names from DESIGN.md, prefix `tandem_frontend_`)."""
+"""The frontend's Prometheus metrics (prefix `tandem_frontend_`; every name in docs/metrics.md)."""
 
 from __future__ import annotations
 

@@ -68,8 +68,6 @@ class CompletionRequest:
     stream: bool = False
     stream_options: StreamOptions = StreamOptions()
     echo: bool = False
-    # Whether the client set max_tokens (`sampling.max_tokens` is OpenAI's 16 otherwise).
-    explicit_max_tokens: bool = False
 
 
 OpenAIRequest = ChatCompletionRequest | CompletionRequest

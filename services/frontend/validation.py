@@ -346,5 +346,4 @@ def parse_completion_request(body: dict[str, Any]) -> CompletionRequest:
         stream=stream,
         stream_options=stream_options,
         echo=fields.boolean("echo"),
-        explicit_max_tokens=max_tokens is not None,
     )

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from .supervisor import ChildSpec, Supervisor
 
-log = logging.getLogger("tandem.planner.connector")
+log = logging.getLogger(__name__)
 
 
 class LocalConnector:

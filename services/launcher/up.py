@@ -25,7 +25,7 @@ from tandem.planner.config import PlannerConfig
 from tandem.planner.connectors import follow_target
 from tandem.planner.target import ReplicaTarget, TargetStore
 from tandem.router.config import ROUTER_MODES
-from tandem.runtime.config import RuntimeConfig, config_to_argv, option
+from tandem.runtime.config import RuntimeConfig, config_from_env, config_to_argv, option
 from tandem.runtime.discovery import Discovery
 from tandem.runtime.host import usable_cpus
 from tandem.runtime.model_card import DEFAULT_MODEL_NAME
@@ -104,14 +104,19 @@ class UpConfig:
                     f"planner: {exc} (in `tandem up`, those flags start with --planner-)"
                 ) from None
 
+    # Each child's config is what the child would read from the environment it
+    # inherits, with what `tandem up` decides on top; `config_to_argv` then passes
+    # just those decisions, so a child's other TANDEM_* settings still reach it.
+
     def runtime(self, nats: str = "", etcd: str = "") -> RuntimeConfig:
         """What every child shares: this cluster's servers, namespace and log level.
 
-        Empty `nats`/`etcd` keep RuntimeConfig's defaults (before the local
-        servers exist, when only the other fields are checked).
+        Empty `nats`/`etcd` leave them to the environment and defaults (before
+        the local servers exist, when only the other fields are checked).
         """
         servers = {"nats": nats, "etcd": etcd}
-        return RuntimeConfig(
+        return config_from_env(
+            RuntimeConfig,
             namespace=self.namespace,
             log_level=self.log_level,
             **{name: url for name, url in servers.items() if url},
@@ -119,7 +124,8 @@ class UpConfig:
 
     def frontend_config(self, runtime: RuntimeConfig | None = None) -> FrontendConfig:
         """The frontend child: the HTTP API on --http-port, routing with --router-mode."""
-        return FrontendConfig(
+        return config_from_env(
+            FrontendConfig,
             **_fields(runtime or self.runtime()),
             http_port=self.http_port,
             http_host=self.http_host,
@@ -128,11 +134,14 @@ class UpConfig:
 
     def worker_config(self, runtime: RuntimeConfig | None = None) -> WorkerConfig:
         """Every worker child, before the pass-through flags (its instance id is its own)."""
-        return WorkerConfig(**_fields(runtime or self.runtime()), engine=self.engine)
+        return config_from_env(
+            WorkerConfig, **_fields(runtime or self.runtime()), engine=self.engine
+        )
 
     def planner_config(self, model: str, runtime: RuntimeConfig | None = None) -> PlannerConfig:
         """The planner child that `tandem up --planner` runs for `model`."""
-        return PlannerConfig(
+        return config_from_env(
+            PlannerConfig,
             **_fields(runtime or self.runtime()),
             model=model,
             min_workers=self.min_workers,

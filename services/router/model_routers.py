@@ -25,7 +25,7 @@ from .policy_registry import RouterDeps, make_router
 from .remote import RemoteRouter
 
 log = logging.getLogger(__name__)
-COMPONENT = "worker"
+WORKER_COMPONENT = "worker"  # the etcd component whose instances a router picks from
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ class ModelRouters:
 
     async def _start_route(self, model: str) -> ModelRoute:
         workers = self.discovery.instance_set(
-            COMPONENT, model or None, log_changes=self._log_changes
+            WORKER_COMPONENT, model or None, log_changes=self._log_changes
         )
         await workers.start()
         router: BaseRouter

@@ -63,10 +63,13 @@ def admit(
 def max_new_tokens(request: EngineRequest, limits: EngineLimits) -> int:
     """Tokens still to generate for `request` (<= 0: none); raises `EngineError` if it is invalid."""
     prompt = request.token_ids
+    # The messages reach the client as they are (the frontend relays them).
     if not prompt:
-        raise EngineError("empty prompt")
-    if min(prompt) < 0 or max(prompt) >= limits.vocab_size:
-        raise EngineError(f"token ids must be in [0, {limits.vocab_size})")
+        raise EngineError("The prompt is empty after tokenization.")
+    vocab_size = limits.vocab_size
+    if min(prompt) < 0 or max(prompt) >= vocab_size:
+        bad = next(t for t in prompt if not 0 <= t < vocab_size)
+        raise EngineError(f"Token id {bad} is out of vocabulary (size {vocab_size}).")
     _check_sampling(request)
     before = request.num_generated_before
     if not 0 <= before <= len(prompt):

@@ -97,6 +97,10 @@ class EngineError(Exception):
     """The request cannot be served by this engine (a bad value; see `admission.py`)."""
 
 
+class EngineStoppedError(EngineError):
+    """The engine is not running (not started yet, or stopping): another worker may serve it."""
+
+
 class BaseEngine(abc.ABC):
     """An inference engine with a paged KV cache.
 

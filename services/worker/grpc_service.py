@@ -13,7 +13,14 @@ from tandem.runtime.tracing import context_from_metadata
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
 from .admission import ContextLengthError
-from .engine import BaseEngine, EngineError, EngineOutput, EngineRequest, SamplingConfig
+from .engine import (
+    BaseEngine,
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    EngineStoppedError,
+    SamplingConfig,
+)
 from .generate_stream import RequestFailed, serve_generate_stream
 from .kv_publisher import KvEventPublisher
 from .metrics import WorkerMetrics
@@ -54,6 +61,10 @@ def status_of(exc: EngineError) -> grpc.StatusCode:
     """The gRPC status a rejected request ends with (the frontend maps each to an OpenAI 400)."""
     if isinstance(exc, ContextLengthError):
         return grpc.StatusCode.OUT_OF_RANGE
+    if isinstance(exc, EngineStoppedError):
+        return (
+            grpc.StatusCode.UNAVAILABLE
+        )  # not the request's fault: the frontend retries elsewhere
     return grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -109,9 +109,15 @@ async def test_planner_scales_up_under_kv_pressure_and_back_down(
         target = await pool.target()
         assert target is not None and "low load" in target["reason"]
 
+        # The planner writes the target, then logs the decision: wait for the line.
+        scaled_down = re.compile(r"scaling \S+ down: 2 -> 1 workers")
+        await wait_until(
+            lambda: scaled_down.search(planner.log_text()) is not None,
+            10,
+            "the scale-down to be logged",
+        )
         log = planner.log_text()
         assert re.search(r"scaling \S+ up: 1 -> 2 workers", log), log
-        assert re.search(r"scaling \S+ down: 2 -> 1 workers", log), log
         [metrics] = re.findall(r"planner ready .* metrics=(\S+)", log)
         text = await asyncio.to_thread(scrape, f"http://{metrics}/metrics")
         assert 'tandem_planner_scaling_events_total{direction="up"} 1.0' in text, text

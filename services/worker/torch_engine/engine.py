@@ -21,10 +21,10 @@ from tandem.runtime.model_card import ModelCard
 from tandem.worker.admission import admit
 from tandem.worker.engine import (
     BaseEngine,
-    EngineError,
     EngineOutput,
     EngineRequest,
     EngineStats,
+    EngineStoppedError,
     FinishReason,
     TokenLogprob,
 )
@@ -170,7 +170,7 @@ class TorchEngine(BaseEngine):
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         parts = self._parts
         if self._thread is None or parts is None or self._stopping:
-            raise EngineError("engine is not running")
+            raise EngineStoppedError("engine is not running")
         s = request.sampling
         generator = None
         if not s.is_greedy and s.seed is not None:

@@ -82,7 +82,7 @@ async def api_for(tokenizer: Tokenizer, servers: Any) -> AsyncIterator[Any]:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_request_the_worker_refuses_is_a_400(api_for: Any, stream: bool) -> None:
-    reason = "token id 10000000 is outside the vocabulary (size 49152)"
+    reason = "Token id 10000000 is out of vocabulary (size 49152)."
     api = await api_for(FakeWorker([], reject=(grpc.StatusCode.INVALID_ARGUMENT, reason)))
     body = {"model": "m", "prompt": [1, 10_000_000], "max_tokens": 4, "stream": stream}
     status, payload = await api.post("completions", body)
@@ -91,7 +91,7 @@ async def test_a_request_the_worker_refuses_is_a_400(api_for: Any, stream: bool)
         "message": reason,
         "type": "invalid_request_error",
         "param": "prompt",
-        "code": None,
+        "code": "invalid_value",
     }
 
 
@@ -109,7 +109,8 @@ async def test_a_prompt_over_the_context_is_context_length_exceeded(
     status, payload = await api.post("chat/completions", chat)
     assert (status, payload["error"]["param"]) == (400, "messages")
     status, payload = await api.post("completions", {"model": "m", "prompt": "hi"})
-    assert (status, payload["error"]["param"]) == (400, "prompt")  # 16 tokens, by default
+    # The API's default of 16 tokens is a max_tokens too, as the error has always said.
+    assert (status, payload["error"]["param"]) == (400, "max_tokens")
 
 
 async def test_usage_is_the_workers(api_for: Any) -> None:

@@ -102,3 +102,24 @@ def test_a_bad_frontend_value_fails_in_up_at_once(capsys: pytest.CaptureFixture[
         main(["up", "--http-port", "70000"])
     assert exited.value.code == 2
     assert "frontend: http_port must be in [0, 65535]" in capsys.readouterr().err
+
+
+def test_children_keep_their_environment_and_up_flags_still_win(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Children inherit the environment: what it sets for them must reach them,
+    # and a flag given to `tandem up` must beat it there too.
+    for name, value in {"TANDEM_OTEL_EXPORTER": "console", "TANDEM_MAX_MIGRATIONS": "7",
+                        "TANDEM_LOAD_REPORT_INTERVAL": "5", "TANDEM_LOG_LEVEL": "DEBUG"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    up = UpConfig(engine="mocker", log_level="INFO")
+    runtime = up.runtime(nats="nats://h:1", etcd="http://h:2")
+
+    frontend_argv = config_to_argv(up.frontend_config(runtime))
+    assert "--otel-exporter" not in frontend_argv and "--max-migrations" not in frontend_argv
+    frontend = parse_config(FrontendConfig, frontend_argv)
+    assert (frontend.otel_exporter, frontend.max_migrations) == ("console", 7)
+    assert frontend.log_level == "INFO"
+
+    worker, _ = parse_args(worker_argv(up.worker_config(runtime), []))
+    assert (worker.load_report_interval, worker.log_level) == (5.0, "INFO")

@@ -84,9 +84,9 @@ async def test_empty_prompt_is_rejected(engine: BaseEngine) -> None:
 
 async def test_token_ids_outside_the_vocabulary_are_rejected(engine: BaseEngine) -> None:
     vocab = engine.model_card().vocab_size
-    for bad in ([vocab], [1, -1]):
-        error = await rejected(engine, req(bad, max_tokens=1))
-        assert f"[0, {vocab})" in str(error)
+    for prompt, bad in (([vocab], vocab), ([1, -1], -1)):
+        error = await rejected(engine, req(prompt, max_tokens=1))
+        assert str(error) == f"Token id {bad} is out of vocabulary (size {vocab})."
     assert tokens_of(await run(engine, req([0, vocab - 1], max_tokens=1)))
 
 
