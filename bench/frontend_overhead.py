@@ -27,15 +27,13 @@ import json
 import os
 import re
 import resource
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from mocker_cluster import MockerCluster  # bench/ is on sys.path when run as a script
 
 SCENARIOS = {
     # Ceiling: workers answer almost at once; the frontend (and this client) is the limit.
@@ -87,92 +85,6 @@ class LevelResult:
     frontend_cores: float = 0.0
     worker_cores: float = 0.0
     client_cores: float = 0.0
-
-
-class Cluster:
-    """nats + etcd + mocker workers + frontend as child processes."""
-
-    def __init__(self, workers: int, speedup: float, router_mode: str, log_dir: Path) -> None:
-        from tandem.launcher.local_infra import LocalInfra, free_port
-
-        self.log_dir = log_dir
-        self.infra = LocalInfra.start(log_dir / "infra")
-        self.port = free_port()
-        common = [
-            "--nats",
-            self.infra.nats_url,
-            "--etcd",
-            self.infra.etcd_url,
-            "--namespace",
-            "bench",
-            "--log-level",
-            "WARNING",
-        ]
-        self.workers = [
-            self._spawn(
-                f"worker{i}",
-                [
-                    "tandem.worker",
-                    "--engine",
-                    "mocker",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--speedup-ratio",
-                    str(speedup),
-                    "--max-num-seqs",
-                    "1024",
-                    *common,
-                ],
-            )
-            for i in range(workers)
-        ]
-        self.frontend = self._spawn(
-            "frontend",
-            [
-                "tandem.frontend",
-                "--http-host",
-                "127.0.0.1",
-                "--http-port",
-                str(self.port),
-                "--router-mode",
-                router_mode,
-                *common,
-            ],
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._wait_ready(workers)
-
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
-        return subprocess.Popen([sys.executable, "-m", *argv], stdout=log, stderr=subprocess.STDOUT)
-
-    def _wait_ready(self, num_workers: int, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for proc in [self.frontend, *self.workers]:
-                if proc.poll() is not None:
-                    raise SystemExit(f"a cluster process exited; logs in {self.log_dir}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
-                    models = json.load(resp)["models"]
-                if models and max(models.values()) == num_workers:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"cluster not ready after {timeout}s; logs in {self.log_dir}")
-
-    def stop(self) -> None:
-        for proc in [self.frontend, *self.workers]:
-            proc.terminate()
-        for proc in [self.frontend, *self.workers]:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self.infra.stop()
 
 
 async def one_request(
@@ -376,10 +288,11 @@ async def bench(args: argparse.Namespace) -> None:
         url, model = args.url, args.model
     else:
         log_dir = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
-        cluster = Cluster(workers, speedup, args.router_mode, log_dir)
+        worker_args = ["--speedup-ratio", str(speedup), "--max-num-seqs", "1024"]
+        cluster = MockerCluster(workers, args.router_mode, log_dir, worker_args)
         url = cluster.url
-        with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as resp:  # noqa: ASYNC210
-            model = json.load(resp)["data"][0]["id"]
+        model = cluster.model()
+        assert cluster.frontend is not None
         pids = {"frontend": [cluster.frontend.pid], "workers": [w.pid for w in cluster.workers]}
     try:
         results = []

@@ -5,9 +5,11 @@
 state of full caches (each new block evicts one: 1-block Removed + Stored),
 then routing decisions for 4,000-token prompts that share prefixes with what
 the workers hold. Events are timed from their serialized
-protobuf bytes (parse + order check + index update), decisions end to end
-through KvRouter.route (hash the prompt, walk the index, score 100 workers,
-count the load).
+protobuf bytes as the router takes them off the stream
+(KvEventFollower.handle_bytes: parse + order check + index update),
+decisions end to end through KvRouter.route (hash the prompt, walk the
+index, score 100 workers, count the load). Each part is then timed alone:
+what bounds the rate when the rest gets cheaper.
 
     python bench/router_index.py [--workers 100] [--blocks 1000000] [--decisions 5000]
 """
@@ -22,10 +24,11 @@ import time
 
 from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
+from tandem.router.radix_index import RadixIndex
 from tandem.runtime.block_hash import sequence_hashes
 from tandem.runtime.instance_info import InstanceInfo
 from tandem.runtime.instance_set import ChangeCallback
-from tandem.runtime.wire.kv_events_pb2 import KvEvent, StoredBlock
+from tandem.runtime.wire.kv_events_pb2 import KvEvent, KvEventColumns, StoredBlock
 
 BLOCK_SIZE = 16
 PROMPT_TOKENS = 4000
@@ -35,7 +38,8 @@ EVENT_BLOCKS = 16
 class StaticWorkers:
     def __init__(self, ids: list[str]) -> None:
         self._instances = {
-            i: InstanceInfo(i, "worker", f"{i}:1", total_blocks=1 << 20) for i in ids
+            i: InstanceInfo(i, "worker", f"{i}:1", block_size=BLOCK_SIZE, total_blocks=1 << 20)
+            for i in ids
         }
 
     @property
@@ -101,13 +105,13 @@ def churn_events(
 
 
 def apply(router: KvRouter, raw_events: list[bytes]) -> float:
+    """Seconds to apply `raw_events` as the router does off the stream (handle_bytes)."""
     follower = router.follower
     assert follower is not None
-    event = KvEvent()
+    handle = follower.handle_bytes
     started = time.perf_counter()
     for raw in raw_events:
-        event.ParseFromString(raw)
-        follower.handle(event)
+        handle(raw)
     return time.perf_counter() - started
 
 
@@ -138,6 +142,12 @@ async def run(args: argparse.Namespace) -> None:
         print(f"{name:<32}{len(evs):>10,}{bpe:>14}{secs:>10.2f}{len(evs) / secs:>14,.0f}")
     if args.replay_events:
         await replay_rate(args.replay_events)
+    decode_s, store_s = fill_ceilings(events)
+    print(
+        f"  fill ceilings: decoding alone {len(events) / decode_s:,.0f} events/s; "
+        f"index.store alone {len(events) / store_s:,.0f} events/s "
+        f"({store_s / (len(events) * EVENT_BLOCKS) * 1e9:.0f} ns/block)"
+    )
 
     # Routing decisions: 4,000-token prompts = a document's first 3,000-4,000 tokens + a fresh tail.
     prompts = []
@@ -172,15 +182,38 @@ async def run(args: argparse.Namespace) -> None:
         f"{p(0.5):>9.0f}{p(0.99):>9.0f}{latencies[-1] * 1e6:>9.0f}"
         f"{overlap / len(latencies):>11.1f}/{PROMPT_TOKENS // BLOCK_SIZE}"
     )
-    hash_times = []
-    for i in range(1000):
+
+    hash_times, walk_times = [], []
+    for i in range(1000):  # each hash then its walk, in the order route() runs them
         t0 = time.perf_counter()
-        sequence_hashes(prompts[i % len(prompts)], BLOCK_SIZE)
-        hash_times.append(time.perf_counter() - t0)
+        hashes = sequence_hashes(prompts[i % len(prompts)], BLOCK_SIZE)
+        t1 = time.perf_counter()
+        router.index.overlaps(hashes)
+        walk_times.append(time.perf_counter() - t1)
+        hash_times.append(t1 - t0)
+    hash_us = statistics.mean(hash_times) * 1e6
+    walk_us = statistics.mean(walk_times) * 1e6
     print(
-        "  of which hashing the prompt (block_hash.sequence_hashes): "
-        f"mean {statistics.mean(hash_times) * 1e6:.0f} us"
+        "  parts: hashing the prompt (block_hash.sequence_hashes) "
+        f"{hash_us:.0f} us ({hash_us * 1e3 / (PROMPT_TOKENS // BLOCK_SIZE):.0f} ns/block); "
+        f"index walk (RadixIndex.overlaps) {walk_us:.0f} us; "
+        f"the rest (scoring {args.workers} workers, load counts) "
+        f"{total / len(latencies) * 1e6 - hash_us - walk_us:.0f} us"
     )
+
+
+def fill_ceilings(raw_events: list[bytes]) -> tuple[float, float]:
+    """Seconds to decode the fill events alone, and to store their blocks into a fresh index
+    alone: what bounds the fill rate however cheap the rest of handling an event gets."""
+    started = time.perf_counter()
+    decoded = [KvEventColumns.FromString(raw) for raw in raw_events]
+    decode_s = time.perf_counter() - started
+    batches = [(ev.instance_id, list(ev.stored.blocks.block_hash)) for ev in decoded]
+    index = RadixIndex()
+    started = time.perf_counter()
+    for worker, hashes in batches:
+        index.store(worker, hashes)
+    return decode_s, time.perf_counter() - started
 
 
 async def replay_rate(num_events: int) -> None:
@@ -190,7 +223,6 @@ async def replay_rate(num_events: int) -> None:
 
     from tandem.launcher.local_infra import InfraError, LocalInfra
     from tandem.router.kv_event_follower import KvEventFollower
-    from tandem.router.radix_index import RadixIndex
     from tandem.runtime.messaging import Messaging
 
     try:

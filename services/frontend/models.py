@@ -128,7 +128,7 @@ class ModelRegistry:
                 name=self._config.model_name,
                 model_path=self._config.model_path,
                 context_length=self._config.context_length,
-                block_size=self._config.kv_cache_block_size,
+                block_size=0,  # the workers' own, learnt by the router when they register
             )
             await self._add_model(card)
         self._all_workers = self._discovery.instance_set("worker")

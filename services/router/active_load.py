@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import NamedTuple
 
 METRICS_FRESH_SECONDS = 5.0
@@ -166,21 +167,18 @@ class ActiveLoadManager:
 
     def loads(self, instance_ids: Iterable[str]) -> tuple[list[int], list[int], list[int]]:
         """`load()` and `used_blocks()` of many workers at once: the routing hot path."""
+        ids = instance_ids if isinstance(instance_ids, list) else list(instance_ids)
+        prefills = list(map(self._prefill.get, ids, repeat(0)))
+        decodes = list(map(self._decode.get, ids, repeat(0)))
+        used = decodes.copy()
+        if not self._reported:
+            return prefills, decodes, used
         now = self._clock()
-        pget, dget, rget = self._prefill.get, self._decode.get, self._reported.get
-        prefills, decodes, used = [], [], []
-        for iid in instance_ids:
-            prefill = pget(iid, 0)
-            decode = dget(iid, 0)
-            rep = rget(iid)
+        for i, rep in enumerate(map(self._reported.get, ids)):
             if rep is not None and now - rep.received_at <= METRICS_FRESH_SECONDS:
-                used.append(max(0, rep.active_blocks + decode - rep.counted_decode_blocks))
-                prefill += rep.extra_prefill_tokens
-                decode += rep.extra_decode_blocks
-            else:
-                used.append(decode)
-            prefills.append(prefill)
-            decodes.append(decode)
+                used[i] = max(0, rep.active_blocks + decodes[i] - rep.counted_decode_blocks)
+                prefills[i] += rep.extra_prefill_tokens
+                decodes[i] += rep.extra_decode_blocks
         return prefills, decodes, used
 
     def total_blocks(self, instance_id: str) -> int:

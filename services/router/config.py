@@ -15,7 +15,10 @@ ROUTER_MODES: tuple[str, ...] = policy_names()
 
 @dataclass(frozen=True, kw_only=True)
 class RoutingConfig:
-    """How workers are picked. The frontend embeds these fields in its own config."""
+    """How workers are picked. The frontend embeds these fields in its own config.
+
+    No block size: the kv policy hashes prompts with the one the workers register.
+    """
 
     router_mode: str = option("kv", "Worker selection policy.", choices=ROUTER_MODES)
     kv_overlap_score_weight: float = option(
@@ -24,7 +27,6 @@ class RoutingConfig:
     router_temperature: float = option(
         0.0, "0: cheapest worker; >0: sample from softmax over normalised negative costs."
     )
-    kv_cache_block_size: int = option(16, "Tokens per KV block (must match the workers').")
     busy_threshold: float = option(
         0.95, "KV usage fraction above which a worker gets no new requests while others have room."
     )
@@ -44,8 +46,6 @@ class RoutingConfig:
         # The live registry: a policy registered after import is valid too.
         if self.router_mode not in (modes := policy_names()):
             raise ValueError(f"router_mode must be one of {modes}, got {self.router_mode!r}")
-        if self.kv_cache_block_size <= 0:
-            raise ValueError("kv_cache_block_size must be positive")
         if self.router_temperature < 0:
             raise ValueError("router_temperature must be >= 0")
         if self.kv_overlap_score_weight < 0:

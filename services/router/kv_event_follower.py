@@ -16,6 +16,10 @@ and are rebuilt from their snapshot. Only workers in the router's etcd view
 are followed (`is_member`); one that joins later is rebuilt the same way.
 Only device-tier ("hbm") blocks are indexed: they are what makes a prefill
 cheap.
+
+Events are decoded as KvEventColumns (the same bytes as a KvEvent, with a
+stored event's block hashes in one column), so applying one costs protobuf's
+parse and a dict operation per block, not a Python object per block.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from tandem.runtime import subjects
 from tandem.runtime.grpc_util import create_channel
 from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
-from tandem.runtime.wire.kv_events_pb2 import KvEvent
+from tandem.runtime.wire.kv_events_pb2 import KvEvent, KvEventColumns
 
 from .radix_index import RadixIndex
 
@@ -68,7 +72,7 @@ class KvEventFollower:
         self._on_applied = on_applied
         self._on_gap = on_gap
         self._last_id: dict[str, int] = {}
-        self._pending: dict[str, list[KvEvent]] = {}  # worker -> events buffered during recovery
+        self._pending: dict[str, list[KvEventColumns]] = {}  # worker -> buffered during recovery
         self._recovering: dict[str, asyncio.Task[None]] = {}
         self._departed: set[str] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -110,11 +114,11 @@ class KvEventFollower:
             self._target_seq = last_seq if info.state.messages else 0
             if self._target_seq == 0:
                 self._ready.set()
-            self._subscription = await messaging.subscribe_kv_events(self._on_stream_event)
+            self._subscription = await messaging.subscribe_kv_event_bytes(self._on_stream_event)
             how = "stream replay"
         else:
             self._ready.set()
-            self._subscription = await messaging.subscribe_kv_events(
+            self._subscription = await messaging.subscribe_kv_event_bytes(
                 self._on_stream_event, start_sequence=last_seq + 1
             )
             for worker in live_workers:
@@ -155,16 +159,23 @@ class KvEventFollower:
             await channel.close()
         self._channels.clear()
 
-    async def _on_stream_event(self, event: KvEvent, stream_seq: int) -> None:
+    async def _on_stream_event(self, data: bytes, stream_seq: int) -> None:
         self.last_stream_seq = stream_seq
-        self.handle(event)
+        self._handle(KvEventColumns.FromString(data))
         if not self._ready.is_set() and stream_seq >= self._target_seq:
             self._ready.set()
 
     # -- events -----------------------------------------------------------------
 
-    def handle(self, event: KvEvent) -> None:
+    def handle(self, event: KvEvent | KvEventColumns) -> None:
         """Apply `event` in its worker's order, or buffer it and recover a gap."""
+        self._handle(as_columns(event))
+
+    def handle_bytes(self, data: bytes) -> None:
+        """`handle` for a serialized KvEvent, as the stream delivers it."""
+        self._handle(KvEventColumns.FromString(data))
+
+    def _handle(self, event: KvEventColumns) -> None:
         worker = event.instance_id
         if worker in self._departed:
             return
@@ -187,18 +198,20 @@ class KvEventFollower:
         self._pending[worker] = [event]
         self._start_recovery(worker, last + 1)
 
-    def apply_all(self, events: Iterable[KvEvent]) -> None:
+    def apply_all(self, events: Iterable[KvEvent | KvEventColumns]) -> None:
         for event in events:
             self.handle(event)
 
-    def _apply(self, worker: str, event: KvEvent) -> None:
+    def _apply(self, worker: str, event: KvEventColumns) -> None:
         kind = event.WhichOneof("data")
         if kind == "stored":
-            if event.stored.tier in DEVICE_TIERS:
-                self.index.store(worker, [b.block_hash for b in event.stored.blocks])
+            stored = event.stored
+            if stored.tier in DEVICE_TIERS:
+                self.index.store(worker, list(stored.blocks.block_hash))
         elif kind == "removed":
-            if event.removed.tier in DEVICE_TIERS:
-                self.index.remove(worker, event.removed.block_hashes)
+            removed = event.removed
+            if removed.tier in DEVICE_TIERS:
+                self.index.remove(worker, removed.block_hashes)
         elif kind == "cleared":
             self.index.clear(worker)
         self.num_applied += 1
@@ -273,7 +286,7 @@ class KvEventFollower:
         if response.is_snapshot:
             self.index.clear(worker)
         for event in response.events:
-            self._apply(worker, event)
+            self._apply(worker, as_columns(event))
         if response.events or response.is_snapshot:
             self._last_id[worker] = max(response.last_event_id, self._last_id.get(worker, -1))
         last = self._last_id.get(worker, -1)
@@ -296,7 +309,7 @@ class KvEventFollower:
             )
             self._last_id[worker] = pending[0].event_id - 1
         for event in pending:
-            self.handle(event)
+            self._handle(event)
 
     async def _fetch(self, worker: str, from_event_id: int) -> worker_pb2.KvEventsSinceResponse:
         endpoint = self._endpoint_of(worker)
@@ -310,3 +323,10 @@ class KvEventFollower:
             worker_pb2.KvEventsSinceRequest(from_event_id=from_event_id),
             timeout=RECOVERY_TIMEOUT_SECONDS,
         )
+
+
+def as_columns(event: KvEvent | KvEventColumns) -> KvEventColumns:
+    """The follower's view of an event (the same bytes, decoded as KvEventColumns)."""
+    if isinstance(event, KvEventColumns):
+        return event
+    return KvEventColumns.FromString(event.SerializeToString())

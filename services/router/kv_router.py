@@ -6,6 +6,12 @@ ActiveLoadManager (corrected by LoadMetrics, shared with replicas through
 LoadSharing), the cost model, the busy threshold and its wait queue.
 route() hashes the prompt once and never blocks on I/O unless every worker
 is busy.
+
+The block size prompts are hashed with is the workers' own: a model's is the
+`block_size` its oldest live worker registered (the worker whose model card
+the later ones were checked against at their start); a worker that registers
+another, or none, is never routed to. Until a worker registers, there is
+nothing to route to and no block size.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from tandem.runtime.wire.router_pb2 import ActiveLoadUpdate
 
 from . import cost_model
 from .active_load import ActiveLoadManager
-from .api import BaseRouter, RouterBusyError, RouteResult
+from .api import BaseRouter, NoWorkersError, RouterBusyError, RouteResult
 from .approx_index import ApproxIndex
 from .config import RoutingConfig
 from .kv_event_follower import KvEventFollower
@@ -58,7 +64,8 @@ class KvRouter(BaseRouter):
         router_id: str | None = None,
     ) -> None:
         self.config = config
-        self.block_size = config.kv_cache_block_size
+        self._block_size: int | None = None  # from the workers' registrations
+        self._refused: dict[str, str] = {}  # instance id -> why it gets no requests
         self.index = RadixIndex()
         self.load = ActiveLoadManager(clock)
         self.load.on_release = self._wake_waiters
@@ -86,6 +93,7 @@ class KvRouter(BaseRouter):
         self._released = asyncio.Event()
         self._started = False
         workers.on_change(self._on_worker_change)
+        self._check_block_sizes()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -112,6 +120,52 @@ class KvRouter(BaseRouter):
         if self.sharing is not None:
             await self.sharing.stop()
         self._started = False
+
+    # -- block size -------------------------------------------------------------
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per KV block of this model's workers: what prompts are hashed with."""
+        if self._block_size is None:
+            raise NoWorkersError("no worker available (none has registered a KV block size)")
+        return self._block_size
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """Workers never routed to (their block size is not their model's), and why."""
+        return dict(self._refused)
+
+    def _check_block_sizes(self) -> None:
+        """Learn each model's block size from its oldest worker; refuse workers that differ.
+
+        Per model, since a router over workers of any model ('') may see several.
+        Called whenever a worker joins or leaves; a refused worker is logged once.
+        """
+        instances = self._workers.instances
+        by_age = sorted(instances.values(), key=lambda i: (i.started_at, i.instance_id))
+        model_sizes: dict[str, int] = {}
+        for info in by_age:
+            if info.block_size > 0:
+                model_sizes.setdefault(info.model, info.block_size)
+        refused: dict[str, str] = {}
+        for info in by_age:
+            expected = model_sizes.get(info.model)
+            if info.block_size <= 0:
+                refused[info.instance_id] = "it registers no KV block size"
+            elif info.block_size != expected:
+                refused[info.instance_id] = (
+                    f"its KV blocks hold {info.block_size} tokens, "
+                    f"model {info.model!r} uses {expected}"
+                )
+        for iid, why in refused.items():
+            if iid not in self._refused:
+                log.error("not routing to worker: %s", why, extra={"instance_id": iid})
+        self._refused = refused
+        sized = [info.block_size for info in by_age if info.instance_id not in refused]
+        block_size = sized[0] if sized else None
+        if block_size is not None and block_size != self._block_size:
+            log.info("hashing prompts in KV blocks of %d tokens, the workers' size", block_size)
+        self._block_size = block_size
 
     # -- routing ----------------------------------------------------------------
 
@@ -160,9 +214,14 @@ class KvRouter(BaseRouter):
     ) -> tuple[InstanceInfo, int] | None:
         """The best worker below the busy threshold and its overlap, or None when all are busy."""
         instances = self._workers.instances
-        ids = [iid for iid in instances if iid not in exclude] if exclude else list(instances)
+        refused = self._refused
+        if exclude or refused:
+            ids = [iid for iid in instances if iid not in exclude and iid not in refused]
+        else:
+            ids = list(instances)
         if not ids:
             candidates(self._workers, exclude)  # raises NoWorkersError with the reason
+            raise NoWorkersError(f"no worker available (refused: {sorted(refused)})")
         prefills, decodes, used = self.load.loads(ids)
         threshold = self.config.busy_threshold
         keep = []
@@ -252,15 +311,10 @@ class KvRouter(BaseRouter):
         if kind != "removed":
             if self.follower is not None:
                 self.follower.worker_added(info.instance_id)
-            if info.block_size and info.block_size != self.block_size:
-                log.warning(
-                    "worker block size %d != --kv-cache-block-size %d: no prefix will match",
-                    info.block_size,
-                    self.block_size,
-                    extra={"instance_id": info.instance_id},
-                )
+            self._check_block_sizes()
             self._wake_waiters()
             return
+        self._check_block_sizes()
         self.load.remove_worker(info.instance_id)
         if self.follower is not None:
             self.follower.worker_removed(info.instance_id)

@@ -12,11 +12,23 @@ Removed blocks free their node once no worker holds them, and every worker
 keeps the set of its own hashes so that AllCleared / leaving etcd drops all
 of them at once: memory is bounded by the blocks actually resident.
 Pure and synchronous: no I/O, no protobuf; the KV event follower feeds it.
+
+Both directions are hot (bench/router_index.py). A store is one dict
+`setdefault` per block (a block no one held takes the worker's own bit
+object, so nothing is allocated; a mask of several workers is one shared
+object per distinct set of workers) plus one set update for the whole event.
+A lookup fetches the masks with `map` and visits only the depths where the
+mask changes (`groupby`, which compares shared objects by identity), since
+consecutive blocks of a prefix are mostly held by the same workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
+from itertools import groupby, repeat
+
+MAX_INTERNED_MASKS = 1 << 16
+"""Distinct worker sets remembered for sharing; beyond this the memo starts again."""
 
 
 class RadixIndex:
@@ -25,9 +37,12 @@ class RadixIndex:
     def __init__(self) -> None:
         self._blocks: dict[int, int] = {}  # block_hash -> bitmask of worker slots
         self._worker_blocks: dict[str, set[int]] = {}
-        self._slot_of: dict[str, int] = {}
+        self._bit_of: dict[str, int] = {}  # worker -> 1 << its slot (one int object per worker)
         self._worker_of: list[str | None] = []  # slot -> worker id
         self._free_slots: list[int] = []
+        # One int object per distinct mask value: most blocks of a prefix share their holders,
+        # so a walk compares neighbours by identity without touching the objects.
+        self._masks: dict[int, int] = {}
 
     # -- size -------------------------------------------------------------------
 
@@ -56,13 +71,20 @@ class RadixIndex:
 
     def store(self, worker: str, block_hashes: Collection[int]) -> None:
         """`worker` now holds these blocks (idempotent)."""
-        bit = self._bit(worker)
-        owned = self._worker_blocks[worker]
+        bit = self._bit_of.get(worker)
+        if bit is None:
+            bit = self._add_worker(worker)
         blocks = self._blocks
-        get = blocks.get
+        setdefault = blocks.setdefault
+        intern = self._masks.setdefault
         for h in block_hashes:
-            blocks[h] = get(h, 0) | bit
-        owned.update(block_hashes)
+            mask = setdefault(h, bit)
+            if mask is not bit:  # someone held it already (identity: `bit` itself means us)
+                mask |= bit
+                blocks[h] = intern(mask, mask)
+        self._worker_blocks[worker].update(block_hashes)
+        if len(self._masks) > MAX_INTERNED_MASKS:
+            self._reset_masks()
 
     def remove(self, worker: str, block_hashes: Iterable[int]) -> None:
         """`worker` no longer holds these blocks; unknown ones are ignored."""
@@ -71,54 +93,64 @@ class RadixIndex:
             return
         present = owned.intersection(block_hashes)
         owned -= present
-        self._unset(worker, present)
+        self._unset(self._bit_of[worker], present)
 
     def clear(self, worker: str) -> None:
         """Drop everything `worker` holds (AllCleared); it keeps its slot."""
         owned = self._worker_blocks.get(worker)
         if owned:
-            self._unset(worker, owned)
+            self._unset(self._bit_of[worker], owned)
             self._worker_blocks[worker] = set()
 
-    def _unset(self, worker: str, block_hashes: Iterable[int]) -> None:
-        keep = ~(1 << self._slot_of[worker])
+    def _unset(self, bit: int, block_hashes: Iterable[int]) -> None:
+        keep = ~bit
         blocks = self._blocks
+        intern = self._masks.setdefault
         for h in block_hashes:
             mask = blocks[h] & keep
             if mask:
-                blocks[h] = mask
+                blocks[h] = intern(mask, mask)
             else:
                 del blocks[h]
 
     def remove_worker(self, worker: str) -> None:
         """`worker` left: drop its blocks and recycle its slot."""
-        if worker not in self._slot_of:
+        if worker not in self._bit_of:
             return
         self.clear(worker)
-        slot = self._slot_of.pop(worker)
+        slot = self._bit_of.pop(worker).bit_length() - 1
         del self._worker_blocks[worker]
         self._worker_of[slot] = None
         self._free_slots.append(slot)
 
     # -- lookup -----------------------------------------------------------------
 
-    def overlaps(self, block_hashes: Sequence[int]) -> dict[str, int]:
-        """Number of leading blocks of `block_hashes` each worker holds (workers with 0 omitted)."""
-        blocks = self._blocks
+    def overlaps(self, block_hashes: Iterable[int]) -> dict[str, int]:
+        """Number of leading blocks of `block_hashes` each worker holds (workers with 0 omitted).
+
+        Reads `block_hashes` only as far as the walk goes: up to the first block no worker
+        holds with all the blocks before it (an iterator that hashes lazily stops there)."""
         result: dict[str, int] = {}
-        if not block_hashes:
+        hashes = iter(block_hashes)
+        first = next(hashes, None)
+        if first is None:
             return result
-        active = blocks.get(block_hashes[0], 0)
+        get = self._blocks.get
+        active = get(first, 0)
         if not active:
             return result
-        for depth in range(1, len(block_hashes)):
-            narrowed = active & blocks.get(block_hashes[depth], 0)
+        # Within a run of equal masks `active` (already ANDed with that mask) cannot narrow,
+        # so only the first depth of each run is looked at.
+        depth = 1
+        for mask, run in groupby(map(get, hashes, repeat(0))):
+            narrowed = active & mask
             if narrowed != active:
                 self._record(active ^ narrowed, depth, result)
                 if not narrowed:
                     return result
                 active = narrowed
-        self._record(active, len(block_hashes), result)
+            depth += len(list(run))
+        self._record(active, depth, result)
         return result
 
     def _record(self, mask: int, depth: int, result: dict[str, int]) -> None:
@@ -130,15 +162,18 @@ class RadixIndex:
                 result[worker] = depth
             mask ^= low
 
-    def _bit(self, worker: str) -> int:
-        slot = self._slot_of.get(worker)
-        if slot is None:
-            if self._free_slots:
-                slot = self._free_slots.pop()
-                self._worker_of[slot] = worker
-            else:
-                slot = len(self._worker_of)
-                self._worker_of.append(worker)
-            self._slot_of[worker] = slot
-            self._worker_blocks[worker] = set()
-        return 1 << slot
+    def _add_worker(self, worker: str) -> int:
+        if self._free_slots:
+            slot = self._free_slots.pop()
+            self._worker_of[slot] = worker
+        else:
+            slot = len(self._worker_of)
+            self._worker_of.append(worker)
+        bit = self._bit_of[worker] = 1 << slot
+        self._masks[bit] = bit
+        self._worker_blocks[worker] = set()
+        return bit
+
+    def _reset_masks(self) -> None:
+        """Forget interned masks (identity is only a shortcut: equal values still compare equal)."""
+        self._masks = {bit: bit for bit in self._bit_of.values()}

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 from tandem.runtime.discovery import Discovery
+from tandem.runtime.etcd_client import ETCD_ERRORS
 from tandem.runtime.gc_tuning import freeze_heap
 from tandem.runtime.grpc_util import start_server
 from tandem.runtime.instance_info import InstanceInfo
@@ -25,6 +26,7 @@ from tandem.runtime.keys import model_key
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
 from tandem.runtime.model_card import ModelCard
+from tandem.runtime.startup import StartupError
 from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.tracing import tracer_for
 from tandem.runtime.wire import worker_pb2_grpc
@@ -99,6 +101,7 @@ class WorkerServer:
 
         await self.discovery.start()
         card = self.engine.model_card()
+        await self._check_block_size(card)
         self.info = InstanceInfo(
             instance_id=self.instance_id,
             component=COMPONENT,
@@ -139,6 +142,26 @@ class WorkerServer:
             await self._http.cleanup()
         await self.messaging.close()
         log.info("worker stopped", extra={"instance_id": self.instance_id})
+
+    async def _check_block_size(self, card: ModelCard) -> None:
+        """Refuse to start where the model is already served with KV blocks of another size.
+
+        Routers hash a model's prompts with one block size, its workers'; a worker
+        with another would never get a prefix hit. (Two such workers starting at
+        the same moment both pass; routers then refuse the younger one.)
+        """
+        try:
+            existing = await self.discovery.get_model_card(card.name)
+        except ETCD_ERRORS as exc:
+            log.warning("model card of %s unreadable, block size unchecked: %s", card.name, exc)
+            return
+        served = int((existing or {}).get("block_size") or 0)
+        if served and served != card.block_size:
+            raise StartupError(
+                f"model {card.name} is served with KV blocks of {served} tokens, this worker's "
+                f"--kv-cache-block-size is {card.block_size}: start it with "
+                f"--kv-cache-block-size {served}"
+            )
 
     async def _keep_model_card(self, card: ModelCard) -> None:
         """Write the model card back when it disappears.

@@ -167,7 +167,8 @@ def test_client_errors_through_the_openai_client(client: openai.OpenAI) -> None:
         client.chat.completions.create(model=MODEL, messages=CHAT, temperature=3.5)
     assert info.value.param == "temperature"
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=100_000)
+        # Past the mocker's default context length of 131,072 tokens.
+        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=200_000)
     assert info.value.code == "context_length_exceeded"
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.chat.completions.create(model=MODEL, messages=CHAT, extra_body={"max_tokens": "ten"})
@@ -180,7 +181,7 @@ def test_requests_the_worker_refuses_are_400s_streamed_or_not(client: openai.Ope
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=MODEL, prompt=[1, 10_000_000], max_tokens=3, stream=True)
     assert info.value.param == "prompt"
-    too_long = [{"role": "user", "content": "sea " * 9000}]
+    too_long = [{"role": "user", "content": "sea " * 140_000}]  # the mocker takes 131,072
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(model=MODEL, messages=too_long, stream=stream)

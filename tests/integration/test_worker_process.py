@@ -114,7 +114,7 @@ async def test_generate_streams_tokens_over_grpc(worker: Worker) -> None:
 async def test_rejections_carry_their_status_on_generate_and_generate_stream(
     worker: Worker,
 ) -> None:
-    too_long = gen_request("long", list(range(8000)), 500)  # the mocker's context: 8192
+    too_long = gen_request("long", list(range(8000)), 500)  # the KV pool: 512 x 16 = 8192
     bad_sampling = gen_request("hot", list(range(10)), 5, temperature=-1.0)
     message = (
         "This model's maximum context length is 8192 tokens. However, you requested 8500 "
@@ -320,7 +320,8 @@ async def test_registers_then_vanishes_after_sigkill_while_the_model_card_stays(
         card = ModelCard.from_dict(raw)
         assert await asyncio.to_thread(os.path.isfile, card.model_path)
         assert card.model_path.endswith(".gguf")
-        assert (card.block_size, card.context_length, card.eos_token_ids) == (16, 8192, (2,))
+        # The mocker's context (131,072 by default) capped by its KV pool: 1000 x 16 tokens.
+        assert (card.block_size, card.context_length, card.eos_token_ids) == (16, 16_000, (2,))
         await wait_until(
             lambda: any(m.instance_id == w.instance_id for m in loads), 5, "a load report"
         )
@@ -381,3 +382,24 @@ def test_a_missing_model_file_is_one_clear_line_and_exit_code(
     assert result.returncode == EXIT_CANNOT_START, out
     assert f"worker cannot start: model not found: '{missing}'" in out
     assert "Traceback" not in out
+
+
+def test_a_worker_whose_block_size_differs_from_its_models_cannot_start(
+    infra: LocalInfra, tmp_path: Path
+) -> None:
+    namespace = f"bs{uuid.uuid4().hex[:10]}"
+    first = start_worker(infra, namespace, tmp_path, "--kv-cache-block-size", "64")
+    try:
+        other = spawn_mocker_worker(infra, namespace, tmp_path, "--kv-cache-block-size", "16")
+        assert other.proc.wait(120) == EXIT_CANNOT_START, other.log_text()
+        out = other.log_text()
+        other.stop()
+        assert (
+            "worker cannot start: model SmolLM2-135M-Instruct is served with KV blocks of 64 "
+            "tokens, this worker's --kv-cache-block-size is 16" in out
+        ), out
+        assert "Traceback" not in out
+        same = start_worker(infra, namespace, tmp_path, "--kv-cache-block-size", "64")
+        same.proc.stop()
+    finally:
+        first.proc.stop()

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from tandem.runtime.config import option
 from tandem.runtime.model_card import (
-    DEFAULT_CONTEXT_LENGTH,
     DEFAULT_EOS_TOKEN_IDS,
     DEFAULT_MODEL_NAME,
     DEFAULT_VOCAB_SIZE,
@@ -14,6 +13,10 @@ from tandem.runtime.model_card import (
 )
 
 from ..scheduler_config import SchedulerConfig
+
+MOCKER_CONTEXT_LENGTH = 131_072
+"""The mocker stands in for GPU-sized models: production traces carry prompts far past
+SmolLM2's 8,192 tokens. The KV pool still caps it (`max_model_len`)."""
 
 
 def _mocker_scheduler() -> SchedulerConfig:
@@ -42,7 +45,9 @@ class MockerConfig:
     vocab_size: int = option(
         DEFAULT_VOCAB_SIZE, "generated token ids are drawn from [0, vocab_size)"
     )
-    context_length: int = option(DEFAULT_CONTEXT_LENGTH, "longest prompt + output")
+    context_length: int = option(
+        MOCKER_CONTEXT_LENGTH, "longest prompt + output (capped by num_kv_blocks x block size)"
+    )
     eos_token_id: int = option(
         DEFAULT_EOS_TOKEN_IDS[0], "EOS id advertised in the model card (never generated)"
     )

@@ -95,6 +95,19 @@ def test_workers_get_their_config_then_the_flags_up_passes_on_and_their_own_ids(
     assert first.instance_id != second.instance_id
 
 
+def test_the_kv_block_size_goes_to_the_workers_only() -> None:
+    from tandem.runtime.config import parse_known_config
+
+    up, passed_on = parse_known_config(
+        UpConfig, ["--engine", "mocker", "--kv-cache-block-size", "64"], prog="tandem up"
+    )
+    assert passed_on == ["--kv-cache-block-size", "64"]
+    _, engine = parse_args(worker_argv(up.worker_config(up.runtime()), passed_on))
+    assert engine.scheduler.kv_cache_block_size == 64
+    # The frontend's router takes it from the workers: no flag of its own to disagree.
+    assert "kv_cache_block_size" not in FrontendConfig.__dataclass_fields__
+
+
 def test_a_bad_frontend_value_fails_in_up_at_once(capsys: pytest.CaptureFixture[str]) -> None:
     from tandem.launcher.cli import main
 

@@ -10,6 +10,7 @@ class FakeWorkers:
     def __init__(self, *ids: str, total_blocks: int = 1000) -> None:
         self._instances: dict[str, InstanceInfo] = {}
         self._callbacks: list[ChangeCallback] = []
+        self._num_added = 0
         for iid in ids:
             self.add(iid, total_blocks)
 
@@ -20,8 +21,20 @@ class FakeWorkers:
     def on_change(self, callback: ChangeCallback) -> None:
         self._callbacks.append(callback)
 
-    def add(self, iid: str, total_blocks: int = 1000) -> None:
-        info = InstanceInfo(iid, "worker", f"{iid}:1", block_size=16, total_blocks=total_blocks)
+    def add(
+        self, iid: str, total_blocks: int = 1000, *, block_size: int = 16, model: str = ""
+    ) -> None:
+        """A worker that joins now: it is younger than every worker added before it."""
+        info = InstanceInfo(
+            iid,
+            "worker",
+            f"{iid}:1",
+            model=model,
+            block_size=block_size,
+            total_blocks=total_blocks,
+            started_at=float(self._num_added),
+        )
+        self._num_added += 1
         self._instances[iid] = info
         for cb in self._callbacks:
             cb("added", info)

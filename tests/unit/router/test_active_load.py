@@ -98,3 +98,28 @@ def test_used_blocks_count_shared_blocks_once_and_follow_the_router_between_repo
     for i in range(4):
         load.free(f"r{i}")
     assert load.used_blocks("w") == 0  # 110 + (50 - 400), floored
+
+
+def test_loads_of_many_workers_equal_load_and_used_blocks_of_each():
+    """The batched hot path agrees with the per-worker definitions, with and without reports,
+    fresh or stale, for workers with nothing counted, and for any iterable of ids."""
+    clock = Clock()
+    load = ActiveLoadManager(clock)
+    ids = [f"w{i}" for i in range(8)]
+    for i, iid in enumerate(ids[:6]):
+        load.add(f"r{i}", iid, prefill_tokens=10 * i, decode_blocks=3 * i + 1)
+
+    def expected() -> tuple[list[int], list[int], list[int]]:
+        per = [(load.load(i), load.used_blocks(i)) for i in ids]
+        return [p for (p, _), _ in per], [d for (_, d), _ in per], [u for _, u in per]
+
+    assert load.loads(ids) == expected()
+    for i, iid in enumerate(ids[1:7]):
+        load.report(iid, active_blocks=5 * i, pending_prefill_tokens=40 * i, total_blocks=99)
+        load.report(iid, active_blocks=6 * i, pending_prefill_tokens=30 * i, total_blocks=99)
+    assert load.loads(ids) == expected()
+    assert load.loads(iter(ids)) == expected()
+    clock.now += METRICS_FRESH_SECONDS / 2
+    load.report("w1", active_blocks=50, pending_prefill_tokens=0, total_blocks=99)
+    clock.now += METRICS_FRESH_SECONDS / 2 + 1  # only w1's last report is still fresh
+    assert load.loads(ids) == expected()

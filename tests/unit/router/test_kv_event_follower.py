@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
-from tandem.router.kv_event_follower import KvEventFollower
+from tandem.router.kv_event_follower import KvEventFollower, as_columns
 from tandem.router.radix_index import RadixIndex
 from tandem.runtime.wire import kv_events_pb2 as kv
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
@@ -206,3 +207,46 @@ async def test_a_worker_restarted_under_the_same_id_is_followed_again():
     follower.worker_added("w1")
     follower.apply_all([stored("w1", 0, [7]), stored("w1", 1, [8])])  # ids start again at 0
     assert index.worker_blocks("w1") == {7, 8}
+
+
+async def test_serialized_events_apply_as_their_messages_do():
+    """The stream path decodes KvEventColumns; every hash, 0 and 2**64-1 included, lands."""
+    events = [
+        stored("w1", 0, [0, 5, 2**64 - 1], parent=0),
+        stored("w1", 1, [7, 0]),  # a duplicate of hash 0 and a new block
+        stored("w2", 0, [5]),
+        removed("w1", 2, [5, 0]),
+        stored("w2", 1, []),
+        cleared("w2", 2),
+        stored("w2", 3, [0]),
+    ]
+    events[0].stored.blocks[1].local_hash = 0  # a zero local hash must not shift the columns
+    by_message, by_bytes = RadixIndex(), RadixIndex()
+    follower = KvEventFollower(by_message, endpoint_of=lambda w: None)
+    follower.apply_all(events)
+    from_bytes = KvEventFollower(by_bytes, endpoint_of=lambda w: None)
+    for ev in events:
+        from_bytes.handle_bytes(ev.SerializeToString())
+    for index in (by_message, by_bytes):
+        assert index.worker_blocks("w1") == {2**64 - 1, 7}
+        assert index.worker_blocks("w2") == {0}
+    assert from_bytes.num_applied == follower.num_applied == len(events)
+    assert from_bytes.last_event_id("w2") == 3
+
+
+def test_columns_view_reads_every_stored_block_in_order():
+    rng = random.Random(3)
+    for n in (0, 1, 16, 200):
+        hashes = [rng.choice([0, 1, 2**64 - 1, rng.getrandbits(64)]) for _ in range(n)]
+        locals_ = [rng.choice([0, rng.getrandbits(64)]) for _ in range(n)]
+        ev = kv.KvEvent(instance_id="w", event_id=9)
+        ev.stored.tier = "hbm"
+        ev.stored.blocks.extend(
+            kv.StoredBlock(block_hash=h, local_hash=lh)
+            for h, lh in zip(hashes, locals_, strict=True)
+        )
+        view = as_columns(ev)
+        assert view.WhichOneof("data") == "stored"
+        assert list(view.stored.blocks.block_hash) == hashes
+        assert list(view.stored.blocks.local_hash) == locals_
+        assert (view.instance_id, view.event_id, view.stored.tier) == ("w", 9, "hbm")

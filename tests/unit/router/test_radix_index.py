@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 
+from tandem.router import radix_index
 from tandem.router.radix_index import RadixIndex
 from tandem.runtime.block_hash import sequence_hashes
 
@@ -136,3 +137,47 @@ def test_randomized_against_brute_force():
     held = set().union(*ref.blocks.values()) if ref.blocks else set()
     assert index.num_blocks == len(held)
     assert index.num_entries == sum(len(b) for b in ref.blocks.values())
+
+
+def test_results_do_not_depend_on_which_masks_are_shared(monkeypatch):
+    """Equal masks share one object only as a shortcut; a memo that keeps resetting (here
+    after every few distinct masks) must give the same answers as the brute force."""
+    monkeypatch.setattr(radix_index, "MAX_INTERNED_MASKS", 3)
+    rng = random.Random(11)
+    index, ref = RadixIndex(), BruteForceIndex()
+    workers = [f"w{i}" for i in range(9)]
+    chain = list(range(1, 41))
+    for step in range(3000):
+        w = rng.choice(workers)
+        if rng.random() < 0.6:
+            start = rng.randrange(len(chain))
+            hashes = chain[start : start + rng.randrange(1, 12)]
+            index.store(w, hashes)
+            ref.store(w, hashes)
+        else:
+            hashes = rng.sample(chain, rng.randrange(1, 4))
+            index.remove(w, hashes)
+            ref.remove(w, hashes)
+        query = chain[: rng.randrange(1, len(chain) + 1)]
+        assert index.overlaps(query) == ref.overlaps(query), step
+
+
+def test_long_runs_of_equal_masks_and_a_drop_at_the_last_block():
+    index = RadixIndex()
+    hashes = list(range(1000, 1250))
+    index.store("w1", hashes)
+    index.store("w2", hashes[:-1])
+    index.store("w3", hashes[:1] + hashes[2:])  # a hole at depth 1
+    assert index.overlaps(hashes) == {"w1": 250, "w2": 249, "w3": 1}
+    assert index.overlaps(hashes + [7]) == {"w1": 250, "w2": 249, "w3": 1}
+
+
+def test_a_walk_reads_its_hashes_only_up_to_where_it_ends():
+    index = RadixIndex()
+    index.store("w1", [1, 2, 3])
+    index.store("w2", [1, 2])
+    hashes = iter([1, 2, 3, 4, 5, 6])
+    assert index.overlaps(hashes) == {"w1": 3, "w2": 2}
+    assert next(hashes) == 5  # 4 ended the walk; nothing after it was read
+    assert index.overlaps(iter([9, 1])) == {}
+    assert index.overlaps(iter([])) == {}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import struct
 
+import numpy as np
 import pytest
+import xxhash
 from tandem.runtime.block_hash import (
     BLOCK_HASH_SEED,
     chain_hash,
@@ -128,3 +130,57 @@ def test_continuing_a_chain_equals_hashing_the_whole() -> None:
     assert whole.sequence[2:] == tail.sequence
     assert chain_hash(None, whole.local[0]) == whole.sequence[0]
     assert chain_hash(whole.sequence[0], whole.local[1]) == whole.sequence[1]
+
+
+def plain_definition(
+    tokens: list[int], block_size: int, seed: int = BLOCK_HASH_SEED, parent: int | None = None
+) -> tuple[list[int], list[int]]:
+    """docs/contracts.md "Block hashing" written out block by block, for any block size."""
+    local, sequence = [], []
+    for start in range(0, len(tokens) // block_size * block_size, block_size):
+        block = tokens[start : start + block_size]
+        h = xxhash.xxh3_64_intdigest(struct.pack(f"<{block_size}I", *block), seed)
+        local.append(h)
+        if parent is not None:
+            h = xxhash.xxh3_64_intdigest(struct.pack("<QQ", parent, h), seed)
+        sequence.append(h)
+        parent = h
+    return local, sequence
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 16, 64])
+def test_fast_path_equals_the_plain_definition_on_random_inputs(block_size: int) -> None:
+    rng = random.Random(1000 + block_size)
+    # Lengths around block boundaries: empty, below one block, exact fits, partial last blocks.
+    lengths = {0, 1, block_size - 1, block_size, block_size + 1, 5 * block_size}
+    lengths |= {rng.randrange(0, 40 * block_size) for _ in range(25)}
+    for n in sorted(lengths):
+        tokens = [rng.randrange(0, 1 << 32) for _ in range(n)]
+        local, sequence = plain_definition(tokens, block_size)
+        assert hash_blocks(tokens, block_size) == (local, sequence), n
+        assert sequence_hashes(tokens, block_size) == sequence, n
+        assert sequence_hashes(np.array(tokens, dtype=np.int64), block_size) == sequence, n
+        seed = rng.randrange(1 << 64)
+        assert (
+            sequence_hashes(tokens, block_size, seed)
+            == plain_definition(tokens, block_size, seed)[1]
+        ), n
+        parent = rng.randrange(1 << 64)
+        assert hash_blocks(tokens, block_size, parent_hash=parent) == plain_definition(
+            tokens, block_size, parent=parent
+        ), n
+
+
+def test_reference_xxh3_agrees_on_partial_last_blocks_of_16_token_blocks() -> None:
+    rng = random.Random(16)
+    for n in (16 * 250, 16 * 250 + 7, 16 * 3 + 15):
+        tokens = [rng.randrange(0, 200_000) for _ in range(n)]
+        assert sequence_hashes(tokens, 16) == reference_sequence_hashes(tokens, 16, 1337)
+
+
+def test_a_token_id_outside_u32_is_refused_in_full_blocks_only() -> None:
+    tokens = list(range(32))
+    assert sequence_hashes(tokens + [1 << 32], 16) == sequence_hashes(tokens, 16)
+    assert sequence_hashes(tokens + [-1], 16) == sequence_hashes(tokens, 16)
+    with pytest.raises(OverflowError):
+        sequence_hashes([1 << 32] + tokens, 16)

@@ -134,6 +134,26 @@ async def test_context_limit_ends_with_length() -> None:
     assert len(tokens_of(outs)) == 5 and outs[-1].finish_reason == "length"
 
 
+async def test_default_engine_takes_a_40k_token_prompt_of_a_production_trace() -> None:
+    config = MockerConfig(speedup_ratio=1000.0)  # the defaults: 16384 blocks x 16 tokens
+    assert config.max_model_len == 131_072
+    engine = MockerEngine(config)
+    await engine.start()
+    try:
+        prompt = [i % 30_000 + 1 for i in range(40_000)]
+        outs = await run(engine, request("long", prompt, max_tokens=3))
+        assert engine.model_card().context_length == 131_072
+    finally:
+        await engine.stop()
+    assert len(tokens_of(outs)) == 3 and outs[-1].finish_reason == "length"
+    assert outs[-1].usage is not None and outs[-1].usage.prompt_tokens == 40_000
+
+
+def test_the_kv_pool_still_caps_the_context_length() -> None:
+    config = MockerConfig(num_kv_blocks=1000)  # 16,000 tokens of KV
+    assert config.max_model_len == 16_000
+
+
 def test_step_time_model() -> None:
     c = MockerConfig()
     assert c.step_seconds(0, 0, 0) == 0.0
