@@ -10,7 +10,7 @@ only guards the machine, and a request it holds back shows in `late p99`
 
   python bench/trace_replay.py --url http://127.0.0.1:8000 --trace T.jsonl --speedup 4
   python bench/trace_replay.py --local-mocker 8 --router-mode kv round-robin \\
-      --trace /work/shared/traces/synthetic_trace.jsonl --max-requests 600 --speedup 4
+      --trace ../shared/traces/synthetic_trace.jsonl --max-requests 600 --speedup 4
 
 `--local-mocker N` starts nats + etcd, N mocker workers and a frontend per
 router mode (fresh caches for each), replays, and prints one row per mode;
