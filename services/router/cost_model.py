@@ -4,8 +4,10 @@
 
 `prefill_blocks` is work the worker still has to compute before this
 request's first token: the request's blocks it does not hold, plus the
-prefill tokens already queued on it (in blocks). `decode_blocks` is what it
-holds for active requests once this one is added.
+prefill tokens already queued on it beyond what one step takes (in blocks,
+`backlog_tokens`). `decode_blocks` is what it holds for active requests once
+this one is added, each counted with its prompt and expected output
+(`request_blocks`).
 
 Units (why the default weight of 1.0 works). The two terms are measured in
 the same currency, GPU time, instead of raw block counts. Computing one
@@ -37,6 +39,38 @@ from typing import NamedTuple
 
 PREFILL_BLOCK_COST = 8.0
 """GPU time of computing one prefill block, in units of holding one block for a request's life."""
+STEP_PREFILL_TOKENS = 2048
+"""Prefill tokens one engine step computes (the engines' default max_num_batched_tokens)."""
+OUTPUT_ESTIMATE_CAP_TOKENS = 1024
+"""Output tokens a request's decode load counts at most (its max_tokens hint, else unknown)."""
+
+
+def request_blocks(prompt_tokens: int, max_tokens: int, block_size: int) -> int:
+    """Blocks a request holds by its end: its prompt and its expected output.
+
+    The output counts too (capped, since a missing max_tokens is guessed from the context
+    length): it is most of a short prompt's blocks, and the workers' LoadMetrics count it.
+    Counting only the prompt's blocks made every report show the requests' output as load
+    the router had not sent; that excess, refreshed only with each report, outweighed
+    the router's own counts, so equal requests piled onto whichever workers' requests had
+    decoded least when they last reported (11 to 39 per worker instead of 32 at 256
+    streams).
+    """
+    output = min(max(max_tokens, 0), OUTPUT_ESTIMATE_CAP_TOKENS)
+    return -(-(prompt_tokens + output) // block_size)
+
+
+def backlog_tokens(queued_prefill_tokens: int) -> int:
+    """Queued prefill that delays a new request's first token: what one step cannot take.
+
+    Prompts queued together are prefilled in one step, and a step that prefills costs the
+    worker's running sequences a stall whatever it holds; a short prompt that joins one
+    already due is nearly free, one sent elsewhere starts another. Pricing every queued
+    token scattered each burst of short prompts over all workers, one prefill step each
+    (4 to 7 % fewer tokens/s than round-robin in bench/routing_balance.py); only a
+    backlog beyond a step pushes away.
+    """
+    return max(0, queued_prefill_tokens - STEP_PREFILL_TOKENS)
 
 
 class Candidate(NamedTuple):

@@ -181,7 +181,7 @@ class KvRouter(BaseRouter):
         if self.load.get(request_id) is not None:
             self.free(request_id)  # routed again without a free (a retry): count it once
         hashes = sequence_hashes(token_ids, self.block_size)
-        request_blocks = -(-len(token_ids) // self.block_size)
+        request_blocks = cost_model.request_blocks(len(token_ids), max_tokens, self.block_size)
         if self.approx is not None:
             self.approx.expire()
         overlaps = self.index.overlaps(hashes)
@@ -238,7 +238,7 @@ class KvRouter(BaseRouter):
         ov = [overlaps.get(iid, 0) for iid in ids] if overlaps else [0] * len(ids)
         cost = cost_model.costs(
             ov,
-            prefills,
+            list(map(cost_model.backlog_tokens, prefills)),
             decodes,
             prompt_blocks,
             request_blocks,
