@@ -36,9 +36,11 @@ EVENT_BLOCKS = 16
 
 
 class StaticWorkers:
-    def __init__(self, ids: list[str]) -> None:
+    """A fixed worker view: the workers `ids`, never changing."""
+
+    def __init__(self, ids: list[str], total_blocks: int = 1 << 20) -> None:
         self._instances = {
-            i: InstanceInfo(i, "worker", f"{i}:1", block_size=BLOCK_SIZE, total_blocks=1 << 20)
+            i: InstanceInfo(i, "worker", f"{i}:1", block_size=BLOCK_SIZE, total_blocks=total_blocks)
             for i in ids
         }
 

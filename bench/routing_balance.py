@@ -20,30 +20,16 @@ import statistics
 import time
 
 from frontend_overhead import reference_prompt  # bench/ is on sys.path when run as a script
+from router_index import StaticWorkers
 from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
 from tandem.router.policy_registry import make_router
-from tandem.runtime.instance_info import InstanceInfo
-from tandem.runtime.instance_set import ChangeCallback
 from tandem.worker.engine import EngineRequest, SamplingConfig
 from tandem.worker.kv_publisher import KvEventPublisher
 from tandem.worker.mocker import MockerConfig, MockerEngine
 
 WORKERS, STREAMS, MAX_TOKENS, PROMPT_TOKENS = 8, 256, 128, 26
 REPORT_INTERVAL = 0.05
-
-
-class StaticWorkers:
-    def __init__(self, total_blocks: int) -> None:
-        self.instances = {
-            f"w{i}": InstanceInfo(
-                f"w{i}", "worker", f"w{i}:1", block_size=16, total_blocks=total_blocks
-            )
-            for i in range(WORKERS)
-        }
-
-    def on_change(self, callback: ChangeCallback) -> None:
-        pass
 
 
 async def run_mode(mode: str, seconds: float) -> str:
@@ -55,7 +41,7 @@ async def run_mode(mode: str, seconds: float) -> str:
         await engine.start()
     by_id = {f"w{i}": e for i, e in enumerate(engines)}
     router = make_router(
-        RoutingConfig(router_mode=mode), StaticWorkers(engines[0].stats().total_blocks)
+        RoutingConfig(router_mode=mode), StaticWorkers(list(by_id), engines[0].stats().total_blocks)
     )
     kv = router if isinstance(router, KvRouter) else None
     issued = tokens = 0

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from tandem.launcher.local_infra import LocalInfra
+from tandem.runtime.wire import worker_pb2_grpc
+
+from tests.support.fake_worker import serve_worker
+
+ServeWorker = Callable[[worker_pb2_grpc.WorkerServicer], Awaitable[str]]
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +35,18 @@ def log_dir(tmp_path: Path) -> Path:
     path = tmp_path / "logs"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[ServeWorker]:
+    """Serves a fake worker on a free loopback port, returns its endpoint; all stop after the test."""
+    started: list[grpc.aio.Server] = []
+
+    async def serve(worker: worker_pb2_grpc.WorkerServicer) -> str:
+        server, endpoint = await serve_worker(worker)
+        started.append(server)
+        return endpoint
+
+    yield serve
+    for server in started:
+        await server.stop(None)

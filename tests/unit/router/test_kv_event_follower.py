@@ -3,13 +3,10 @@ from __future__ import annotations
 import asyncio
 import random
 
-import pytest
 from tandem.router.kv_event_follower import KvEventFollower, as_columns
 from tandem.router.radix_index import RadixIndex
 from tandem.runtime.wire import kv_events_pb2 as kv
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
-
-from tests.support.fake_worker import serve_worker
 
 
 def stored(worker: str, event_id: int, hashes: list[int], parent: int | None = None) -> kv.KvEvent:
@@ -50,20 +47,6 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.KvEventsSinceResponse(events=events, last_event_id=self.log[-1].event_id)
 
 
-@pytest.fixture
-async def fake_worker_server():
-    servers = []
-
-    async def start(servicer: FakeWorker) -> str:
-        server, endpoint = await serve_worker(servicer)
-        servers.append(server)
-        return endpoint
-
-    yield start
-    for server in servers:
-        await server.stop(None)
-
-
 async def wait_recovered(follower: KvEventFollower, worker: str) -> None:
     async with asyncio.timeout(10):
         while follower.is_recovering(worker):  # noqa: ASYNC110 - state owned by the code under test
@@ -86,7 +69,7 @@ async def test_in_order_events_apply_and_duplicates_are_skipped():
     assert follower.num_applied == 6
 
 
-async def test_gap_fetches_missing_events(fake_worker_server):
+async def test_gap_fetches_missing_events(servers):
     log = [
         stored("w1", 0, [1]),
         stored("w1", 1, [2]),
@@ -94,7 +77,7 @@ async def test_gap_fetches_missing_events(fake_worker_server):
         stored("w1", 3, [1, 5]),
     ]
     worker = FakeWorker(log)
-    endpoint = await fake_worker_server(worker)
+    endpoint = await servers(worker)
     index = RadixIndex()
     follower = KvEventFollower(index, endpoint_of=lambda w: endpoint)
     follower.handle(log[0])
@@ -108,10 +91,10 @@ async def test_gap_fetches_missing_events(fake_worker_server):
     assert follower.num_gaps == 1
 
 
-async def test_gap_beyond_ring_buffer_rebuilds_from_snapshot(fake_worker_server):
+async def test_gap_beyond_ring_buffer_rebuilds_from_snapshot(servers):
     log = [stored("w1", i, [100 + i]) for i in range(10)]
     snapshot = [cleared("w1", 0), stored("w1", 0, [7, 8, 9])]
-    endpoint = await fake_worker_server(FakeWorker(log, snapshot))
+    endpoint = await servers(FakeWorker(log, snapshot))
     index = RadixIndex()
     follower = KvEventFollower(index, endpoint_of=lambda w: endpoint)
     follower.handle(stored("w1", 0, [42]))
@@ -123,10 +106,10 @@ async def test_gap_beyond_ring_buffer_rebuilds_from_snapshot(fake_worker_server)
     assert 11 in index.worker_blocks("w1")
 
 
-async def test_first_event_not_zero_is_a_gap_from_zero(fake_worker_server):
+async def test_first_event_not_zero_is_a_gap_from_zero(servers):
     log = [stored("w1", 0, [1]), stored("w1", 1, [2])]
     worker = FakeWorker(log)
-    endpoint = await fake_worker_server(worker)
+    endpoint = await servers(worker)
     follower = KvEventFollower(RadixIndex(), endpoint_of=lambda w: endpoint)
     follower.handle(log[1])
     await wait_recovered(follower, "w1")
@@ -144,10 +127,10 @@ async def test_worker_removal_drops_blocks_and_ignores_stragglers():
     assert "w1" not in index.workers
 
 
-async def test_unknown_workers_after_replay_are_rebuilt_when_they_return(fake_worker_server):
+async def test_unknown_workers_after_replay_are_rebuilt_when_they_return(servers):
     log = [stored("w9", 0, [1]), stored("w9", 1, [2])]
     worker = FakeWorker(log, snapshot=[cleared("w9", 0), stored("w9", 0, [1, 2, 3])])
-    endpoint = await fake_worker_server(worker)
+    endpoint = await servers(worker)
     index = RadixIndex()
     follower = KvEventFollower(index, endpoint_of=lambda w: endpoint)
     follower.apply_all(log)
@@ -168,10 +151,10 @@ async def test_non_device_tiers_are_not_indexed():
     assert follower.last_event_id("w1") == 0
 
 
-async def test_only_members_are_followed_and_a_late_member_is_rebuilt(fake_worker_server):
+async def test_only_members_are_followed_and_a_late_member_is_rebuilt(servers):
     log = [stored("w1", 0, [1]), stored("w1", 1, [2]), stored("w1", 2, [3])]
     worker = FakeWorker(log)
-    endpoint = await fake_worker_server(worker)
+    endpoint = await servers(worker)
     members: set[str] = set()
     index = RadixIndex()
     follower = KvEventFollower(
@@ -186,10 +169,10 @@ async def test_only_members_are_followed_and_a_late_member_is_rebuilt(fake_worke
     assert index.overlaps([1, 2, 3]) == {"w1": 3}
 
 
-async def test_a_gap_the_worker_cannot_fill_does_not_loop(fake_worker_server):
+async def test_a_gap_the_worker_cannot_fill_does_not_loop(servers):
     log = [stored("w1", 0, [1]), stored("w1", 1, [2])]
     worker = FakeWorker(log)
-    endpoint = await fake_worker_server(worker)
+    endpoint = await servers(worker)
     follower = KvEventFollower(RadixIndex(), endpoint_of=lambda w: endpoint)
     follower.apply_all(log)
     follower.handle(stored("w1", 50, [3]))  # e.g. a bogus or misnumbered event
