@@ -34,6 +34,7 @@ from pathlib import Path
 
 import aiohttp
 from mocker_cluster import MockerCluster  # bench/ is on sys.path when run as a script
+from tandem.launcher.trace_summary import percentile as pct
 
 SCENARIOS = {
     # Ceiling: workers answer almost at once; the frontend (and this client) is the limit.
@@ -62,13 +63,6 @@ def cpu_seconds(pid: int) -> float:
 def self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 @dataclass

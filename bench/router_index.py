@@ -4,52 +4,57 @@
 (BlocksStored runs of 16 blocks, as a prefill produces them), then the steady
 state of full caches (each new block evicts one: 1-block Removed + Stored),
 then routing decisions for 4,000-token prompts that share prefixes with what
-the workers hold. Events are timed from their serialized
-protobuf bytes as the router takes them off the stream
+the workers hold, and for prompts nobody holds. Events are timed from their
+serialized protobuf bytes as the router takes them off the stream
 (KvEventFollower.handle_bytes: parse + order check + index update),
 decisions end to end through KvRouter.route (hash the prompt, walk the
-index, score 100 workers, count the load). Each part is then timed alone:
-what bounds the rate when the rest gets cheaper.
+index, score 100 workers, count the load). Each part is then timed alone,
+and so are the floors beneath them (decoding an event alone; packing a
+prompt and its XXH3 calls alone): what bounds the rate when the rest gets
+cheaper. `--clock cpu` times with the thread's CPU time, for runs on cores
+that other work shares.
 
     python bench/router_index.py [--workers 100] [--blocks 1000000] [--decisions 5000]
+                                 [--clock wall|cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import random
 import statistics
+import struct
 import time
+from collections.abc import Callable
+from itertools import repeat
 
+import xxhash
 from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
 from tandem.router.radix_index import RadixIndex
+from tandem.router.worker_view import StaticWorkerView
 from tandem.runtime.block_hash import sequence_hashes
 from tandem.runtime.instance_info import InstanceInfo
-from tandem.runtime.instance_set import ChangeCallback
 from tandem.runtime.wire.kv_events_pb2 import KvEvent, KvEventColumns, StoredBlock
 
+Clock = Callable[[], float]
+CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "cpu": time.thread_time}
+"""--clock: wall time, or this thread's CPU time (steadier when other work shares the cores)."""
 BLOCK_SIZE = 16
 PROMPT_TOKENS = 4000
 EVENT_BLOCKS = 16
 
 
-class StaticWorkers:
-    """A fixed worker view: the workers `ids`, never changing."""
-
-    def __init__(self, ids: list[str], total_blocks: int = 1 << 20) -> None:
-        self._instances = {
-            i: InstanceInfo(i, "worker", f"{i}:1", block_size=BLOCK_SIZE, total_blocks=total_blocks)
+def static_workers(ids: list[str], total_blocks: int = 1 << 20) -> StaticWorkerView:
+    """A fixed worker view of the workers `ids`, in BLOCK_SIZE-token blocks."""
+    return StaticWorkerView(
+        [
+            InstanceInfo(i, "worker", f"{i}:1", block_size=BLOCK_SIZE, total_blocks=total_blocks)
             for i in ids
-        }
-
-    @property
-    def instances(self) -> dict[str, InstanceInfo]:
-        return self._instances
-
-    def on_change(self, callback: ChangeCallback) -> None:
-        pass
+        ]
+    )
 
 
 def build_events(
@@ -106,29 +111,30 @@ def churn_events(
     return out
 
 
-def apply(router: KvRouter, raw_events: list[bytes]) -> float:
+def apply(router: KvRouter, raw_events: list[bytes], now: Clock) -> float:
     """Seconds to apply `raw_events` as the router does off the stream (handle_bytes)."""
     follower = router.follower
     assert follower is not None
     handle = follower.handle_bytes
-    started = time.perf_counter()
+    started = now()
     for raw in raw_events:
         handle(raw)
-    return time.perf_counter() - started
+    return now() - started
 
 
 async def run(args: argparse.Namespace) -> None:
+    now = CLOCKS[args.clock]
     rng = random.Random(0)
     workers = [f"worker-{i:03d}" for i in range(args.workers)]
-    router = KvRouter(RoutingConfig(), StaticWorkers(workers), rng=random.Random(1))
+    router = KvRouter(RoutingConfig(), static_workers(workers), rng=random.Random(1))
     doc_tokens = [[rng.randrange(32000) for _ in range(PROMPT_TOKENS)] for _ in range(args.docs)]
     docs = [sequence_hashes(t, BLOCK_SIZE) for t in doc_tokens]
 
     events, held = build_events(rng, workers, docs, args.blocks)
-    fill_s = apply(router, events)
+    fill_s = apply(router, events, now)
     first_ids = {w: router.follower.last_event_id(w) + 1 for w in workers}  # type: ignore[union-attr,operator]
     churn = churn_events(rng, held, first_ids, args.churn)
-    churn_s = apply(router, churn)
+    churn_s = apply(router, churn, now)
 
     print(
         f"index: {args.workers} workers, "
@@ -144,78 +150,131 @@ async def run(args: argparse.Namespace) -> None:
         print(f"{name:<32}{len(evs):>10,}{bpe:>14}{secs:>10.2f}{len(evs) / secs:>14,.0f}")
     if args.replay_events:
         await replay_rate(args.replay_events)
-    decode_s, store_s = fill_ceilings(events)
+    decode_s, store_s = fill_ceilings(events, now)
     print(
-        f"  fill ceilings: decoding alone {len(events) / decode_s:,.0f} events/s; "
-        f"index.store alone {len(events) / store_s:,.0f} events/s "
-        f"({store_s / (len(events) * EVENT_BLOCKS) * 1e9:.0f} ns/block)"
+        f"  fill ceilings: decoding alone (parse + the fields read) {len(events) / decode_s:,.0f}"
+        f" events/s; index.store alone {len(events) / store_s:,.0f} events/s "
+        f"({store_s / (len(events) * EVENT_BLOCKS) * 1e9:.0f} ns/block); both, nothing else "
+        f"{len(events) / (decode_s + store_s):,.0f} events/s"
     )
 
-    # Routing decisions: 4,000-token prompts = a document's first 3,000-4,000 tokens + a fresh tail.
+    # Routing decisions: 4,000-token prompts = a document's first 3,000-4,000 tokens + a fresh
+    # tail; and prompts nobody holds (the walk ends at their first block).
     prompts = []
     for _ in range(512):
         toks = rng.choice(doc_tokens)
         keep = rng.randrange(3000, PROMPT_TOKENS + 1)
         prompts.append(toks[:keep] + [rng.randrange(32000) for _ in range(PROMPT_TOKENS - keep)])
-    latencies = []
-    overlap = 0
-    active: list[str] = []
-    for i in range(args.warmup + args.decisions):
-        rid = f"r{i}"
-        t0 = time.perf_counter()
-        result = await router.route(rid, prompts[i % len(prompts)])
-        dt = time.perf_counter() - t0
-        active.append(rid)
-        if len(active) > 256:  # keep ~256 requests in flight, as on a busy cluster
-            router.free(active.pop(0))
-        if i >= args.warmup:
-            latencies.append(dt)
-            overlap += result.overlap_blocks
-    latencies.sort()
-    total = sum(latencies)
-    p = lambda q: latencies[min(int(q * len(latencies)), len(latencies) - 1)] * 1e6  # noqa: E731
+    fresh = [[rng.randrange(32000) for _ in range(PROMPT_TOKENS)] for _ in range(64)]
     print()
     print(
         f"{'routing decisions (4,000-token prompt)':<40}{'count':>8}{'decisions/s':>13}"
         f"{'p50 us':>9}{'p99 us':>9}{'max us':>9}{'mean overlap':>14}"
     )
-    print(
-        f"{'KvRouter.route, 100 workers':<40}{len(latencies):>8}{len(latencies) / total:>13,.0f}"
-        f"{p(0.5):>9.0f}{p(0.99):>9.0f}{latencies[-1] * 1e6:>9.0f}"
-        f"{overlap / len(latencies):>11.1f}/{PROMPT_TOKENS // BLOCK_SIZE}"
-    )
+    total = 0.0
+    for name, batch, count in (
+        (f"KvRouter.route, {args.workers} workers", prompts, args.decisions),
+        ("  prompts nobody holds", fresh, args.decisions // 5),
+    ):
+        latencies, overlap = await decisions(router, batch, args.warmup, count, now)
+        total = total or sum(latencies)
+        p50, p99 = (latencies[min(int(q * count), count - 1)] * 1e6 for q in (0.5, 0.99))
+        print(
+            f"{name:<40}{count:>8}{count / sum(latencies):>13,.0f}"
+            f"{p50:>9.0f}{p99:>9.0f}{latencies[-1] * 1e6:>9.0f}"
+            f"{overlap:>11.1f}/{PROMPT_TOKENS // BLOCK_SIZE}"
+        )
 
     hash_times, walk_times = [], []
     for i in range(1000):  # each hash then its walk, in the order route() runs them
-        t0 = time.perf_counter()
+        t0 = now()
         hashes = sequence_hashes(prompts[i % len(prompts)], BLOCK_SIZE)
-        t1 = time.perf_counter()
+        t1 = now()
         router.index.overlaps(hashes)
-        walk_times.append(time.perf_counter() - t1)
+        walk_times.append(now() - t1)
         hash_times.append(t1 - t0)
     hash_us = statistics.mean(hash_times) * 1e6
     walk_us = statistics.mean(walk_times) * 1e6
     print(
-        "  parts: hashing the prompt (block_hash.sequence_hashes) "
+        "  parts: hashing all of the prompt (block_hash.sequence_hashes) "
         f"{hash_us:.0f} us ({hash_us * 1e3 / (PROMPT_TOKENS // BLOCK_SIZE):.0f} ns/block); "
         f"index walk (RadixIndex.overlaps) {walk_us:.0f} us; "
         f"the rest (scoring {args.workers} workers, load counts) "
-        f"{total / len(latencies) * 1e6 - hash_us - walk_us:.0f} us"
+        f"{total / args.decisions * 1e6 - hash_us - walk_us:.0f} us"
+    )
+    pack_us, xxh3_us = hash_ceilings(prompts, now)
+    print(
+        f"  hashing ceilings: packing {PROMPT_TOKENS:,} token ids alone {pack_us:.0f} us; "
+        f"the {2 * PROMPT_TOKENS // BLOCK_SIZE} XXH3 calls alone (inputs ready, called from C) "
+        f"{xxh3_us:.0f} us"
     )
 
 
-def fill_ceilings(raw_events: list[bytes]) -> tuple[float, float]:
-    """Seconds to decode the fill events alone, and to store their blocks into a fresh index
-    alone: what bounds the fill rate however cheap the rest of handling an event gets."""
-    started = time.perf_counter()
-    decoded = [KvEventColumns.FromString(raw) for raw in raw_events]
-    decode_s = time.perf_counter() - started
-    batches = [(ev.instance_id, list(ev.stored.blocks.block_hash)) for ev in decoded]
+async def decisions(
+    router: KvRouter, prompts: list[list[int]], warmup: int, count: int, now: Clock
+) -> tuple[list[float], float]:
+    """Sorted latencies of `count` decisions (after `warmup`) and their mean overlap."""
+    latencies = []
+    overlap = 0
+    active: list[str] = []
+    for i in range(warmup + count):
+        rid = f"r{i}"
+        t0 = now()
+        result = await router.route(rid, prompts[i % len(prompts)])
+        dt = now() - t0
+        active.append(rid)
+        if len(active) > 256:  # keep ~256 requests in flight, as on a busy cluster
+            router.free(active.pop(0))
+        if i >= warmup:
+            latencies.append(dt)
+            overlap += result.overlap_blocks
+    for rid in active:
+        router.free(rid)
+    return sorted(latencies), overlap / count
+
+
+def fill_ceilings(raw_events: list[bytes], now: Clock) -> tuple[float, float]:
+    """Seconds to decode the fill events alone (the parse and the fields the follower reads),
+    and to store their blocks into a fresh index alone: what bounds the fill rate however
+    cheap the rest of handling an event gets."""
+    started = now()
+    for raw in raw_events:  # nothing kept, as in the follower
+        ev = KvEventColumns.FromString(raw)
+        stored = ev.stored
+        ev.instance_id, ev.event_id, ev.WhichOneof("data"), stored.tier, stored.blocks.block_hash[:]  # noqa: B018
+    decode_s = now() - started
+    batches = [
+        (ev.instance_id, ev.stored.blocks.block_hash[:])
+        for ev in map(KvEventColumns.FromString, raw_events)
+    ]
     index = RadixIndex()
-    started = time.perf_counter()
+    started = now()
     for worker, hashes in batches:
         index.store(worker, hashes)
-    return decode_s, time.perf_counter() - started
+    return decode_s, now() - started
+
+
+def hash_ceilings(prompts: list[list[int]], now: Clock) -> tuple[float, float]:
+    """Mean microseconds to pack a prompt's token ids alone, and to make its two XXH3 calls
+    per block alone (inputs prepared beforehand, called from C): below what any Python
+    hashing of the prompt costs."""
+    sample = prompts[:200]
+    started = now()
+    for tokens in sample:
+        array.array("I", tokens).tobytes()
+    pack_s = now() - started
+    inputs = []
+    for tokens in sample:
+        packed = array.array("I", tokens).tobytes()
+        stride = BLOCK_SIZE * 4
+        blocks = [packed[i : i + stride] for i in range(0, len(packed), stride)]
+        inputs.append(blocks + [struct.pack("<QQ", i, i) for i in range(len(blocks))])
+    xxh3 = xxhash.xxh3_64_intdigest
+    started = now()
+    for batch in inputs:
+        list(map(xxh3, batch, repeat(1337)))
+    xxh3_s = now() - started
+    return pack_s / len(sample) * 1e6, xxh3_s / len(sample) * 1e6
 
 
 async def replay_rate(num_events: int) -> None:
@@ -267,6 +326,13 @@ def main() -> None:
     parser.add_argument("--churn", type=int, default=200_000)
     parser.add_argument("--decisions", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="time with the wall clock, or with this thread's CPU time: on shared cores the "
+        "CPU time leaves out the time other processes ran (JetStream replay: always wall)",
+    )
     parser.add_argument(
         "--replay-events", type=int, default=100_000, help="JetStream replay size (0 = skip)"
     )

@@ -20,7 +20,7 @@ import statistics
 import time
 
 from frontend_overhead import reference_prompt  # bench/ is on sys.path when run as a script
-from router_index import StaticWorkers
+from router_index import static_workers
 from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
 from tandem.router.policy_registry import make_router
@@ -41,7 +41,8 @@ async def run_mode(mode: str, seconds: float) -> str:
         await engine.start()
     by_id = {f"w{i}": e for i, e in enumerate(engines)}
     router = make_router(
-        RoutingConfig(router_mode=mode), StaticWorkers(list(by_id), engines[0].stats().total_blocks)
+        RoutingConfig(router_mode=mode),
+        static_workers(list(by_id), engines[0].stats().total_blocks),
     )
     kv = router if isinstance(router, KvRouter) else None
     issued = tokens = 0

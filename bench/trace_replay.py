@@ -2,7 +2,7 @@
 
 Each trace record becomes one streaming POST /v1/completions whose `prompt` is
 token ids (equal `hash_ids` give equal tokens, so shared prefixes really
-repeat; see bench/mooncake_trace.py), with `max_tokens` = its output length and
+repeat; see tandem.launcher.mooncake_trace), with `max_tokens` = its output length and
 `ignore_eos`. Requests go out at their trace timestamps divided by `--speedup`,
 whether or not earlier ones have finished (open loop); `--max-concurrency`
 only guards the machine, and a request it holds back shows in `late p99`
@@ -18,58 +18,37 @@ flags this tool does not know (`--speedup-ratio`, `--num-kv-blocks`,
 `--kv-cache-block-size`, ...) go to every worker, and `--context-length`
 defaults to 131072 there, enough for the long prompts of Mooncake traces.
 
-Columns: TTFT (send to first token), ITL (gap between reads that carry tokens,
-spread over the tokens in the read), output tok/s and req/s over the wall time
-(first send to last answer), `cached` = sum of
-usage.prompt_tokens_details.cached_tokens / sum of usage.prompt_tokens, and
-errors by HTTP status and error code.
+The table is the one `tandem simulate` prints (tandem.launcher.trace_summary):
+TTFT (send to first token), ITL (gap between reads that carry tokens, spread
+over the tokens in the read), output tok/s and req/s over the wall time (first
+send to last answer), `cached` = sum of usage.prompt_tokens_details.cached_tokens
+/ sum of usage.prompt_tokens, and errors by HTTP status and error code.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from frontend_overhead import pct  # bench/ is on sys.path when run as a script
-from mocker_cluster import MockerCluster
-from mooncake_trace import DEFAULT_BLOCK_TOKENS, TraceRecord, prompt_token_ids, read_trace
+from mocker_cluster import MockerCluster  # bench/ is on sys.path when run as a script
+from tandem.launcher.mooncake_trace import (
+    DEFAULT_BLOCK_TOKENS,
+    TraceRecord,
+    prompt_token_ids,
+    read_trace,
+)
+from tandem.launcher.trace_summary import ReplayResult, format_table
 
 DEFAULT_VOCAB_SIZE = 49152  # the mocker's default (tandem.runtime.model_card)
 LOCAL_CONTEXT_LENGTH = 131072
-
-
-@dataclass
-class ReplayResult:
-    """What one replay measured."""
-
-    label: str
-    sent: int = 0
-    ok: int = 0
-    errors: collections.Counter[str] = field(default_factory=collections.Counter)
-    ttft: list[float] = field(default_factory=list)
-    itl: list[float] = field(default_factory=list)
-    late: list[float] = field(default_factory=list)
-    output_tokens: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    wall: float = 0.0
-
-    @property
-    def num_errors(self) -> int:
-        return sum(self.errors.values())
-
-    @property
-    def cached_fraction(self) -> float:
-        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,29 +188,6 @@ async def replay(
                 result.errors["unfinished at drain timeout"] += len(unfinished)
         result.wall = (finished_at or time.perf_counter()) - start
     return result
-
-
-def format_table(results: Sequence[ReplayResult]) -> str:
-    width = max([12, *(len(r.label) for r in results)])
-    header = (
-        f"{'mode':<{width}} {'sent':>5} {'ok':>5} {'err':>4} {'req/s':>6} {'out tok/s':>9} "
-        f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'cached':>7} "
-        f"{'late p99':>9}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in results:
-        wall = max(r.wall, 1e-9)
-        lines.append(
-            f"{r.label:<{width}} {r.sent:>5} {r.ok:>5} {r.num_errors:>4} {r.ok / wall:>6.2f} "
-            f"{r.output_tokens / wall:>9.0f} {pct(r.ttft, 0.5) * 1e3:>7.0f}ms "
-            f"{pct(r.ttft, 0.99) * 1e3:>7.0f}ms {pct(r.itl, 0.5) * 1e3:>6.1f}ms "
-            f"{pct(r.itl, 0.99) * 1e3:>6.1f}ms {r.cached_fraction:>7.1%} "
-            f"{pct(r.late, 0.99) * 1e3:>7.0f}ms"
-        )
-    for r in results:
-        for reason, count in sorted(r.errors.items()):
-            lines.append(f"  {r.label} errors: {count} x {reason}")
-    return "\n".join(lines)
 
 
 def models_of(url: str) -> str:

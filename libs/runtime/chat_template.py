@@ -76,5 +76,13 @@ class ChatTemplate:
             )
         except ChatTemplateError:
             raise
-        except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        except (
+            TemplateError,
+            TypeError,
+            ValueError,
+            KeyError,
+            IndexError,
+            AttributeError,
+            ArithmeticError,
+        ) as exc:
             raise ChatTemplateError(f"chat template failed: {exc}") from exc

@@ -27,12 +27,20 @@ def option(
     choices: Sequence[Any] | None = None,
     flag: str | None = None,
     default_factory: Any = dataclasses.MISSING,
+    secret: bool = False,
 ) -> Any:
-    """A config field with its one-line help text (and optional choices / flag name)."""
-    metadata = {"help": help, "choices": choices, "flag": flag}
+    """A config field with its one-line help text (and optional choices / flag name).
+
+    A `secret` field (an API key) is left out of the config's repr, so no log
+    line shows it, and out of `config_to_argv`: a parent hands it to a child
+    in the environment (`secret_environ`), since every user can read argv (`ps`).
+    """
+    metadata = {"help": help, "choices": choices, "flag": flag, "secret": secret}
     if default_factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+        return dataclasses.field(
+            default_factory=default_factory, metadata=metadata, repr=not secret
+        )
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
 def flag_name(field: dataclasses.Field[Any]) -> str:
@@ -117,6 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
+            if base is list:
+                kwargs["action"] = "extend"  # repeated flags add up: --x a,b --x c is [a, b, c]
             kwargs["type"] = lambda raw, a=annotation: _convert(raw, a)
             if field.metadata.get("choices"):
                 kwargs["choices"] = field.metadata["choices"]
@@ -248,7 +258,8 @@ def config_to_argv(
     everything else, and a flag given here still wins over the environment
     there. Fields of a nested config dataclass become flat flags. `omit` names
     fields never passed, such as a value each process draws for itself (a
-    worker's random instance id, which its `__post_init__` fills in).
+    worker's random instance id, which its `__post_init__` fills in). Secret
+    fields are never passed: `secret_environ` gives them as environment.
     """
     environ = os.environ if environ is None else environ
     argv: list[str] = []
@@ -265,7 +276,7 @@ def _append_flags(
 ) -> None:
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
-        if not field.init or field.name in omit:
+        if not field.init or field.name in omit or field.metadata.get("secret"):
             continue
         value = getattr(config, field.name)
         if defaults is None:
@@ -292,21 +303,38 @@ def _child_value(
         return dataclasses.MISSING  # the child would refuse it: pass the flag
 
 
+def secret_environ(config: Any) -> dict[str, str]:
+    """The secret fields of `config` as the `TANDEM_*` environment a child parses them from.
+
+    With `config_to_argv`'s flags, a child started with this environment
+    builds `config` again, and no secret is on its command line.
+    """
+    return {
+        env_name(field): _text(flag_name(field), value)
+        for field, _, value in flat_fields(type(config), config)
+        if field.metadata.get("secret")
+    }
+
+
 def _flag_tokens(field: dataclasses.Field[Any], value: Any) -> list[str]:
     """One field as `add_arguments` parses it: --x / --no-x for bools, "a,b" for lists."""
     flag = flag_name(field)
     if isinstance(value, bool):
         return [flag if value else "--no-" + flag.removeprefix("--")]
+    text = _text(flag, value)
+    # "--flag=-1" rather than "--flag -1": argparse would take "-1" for a flag.
+    return [f"{flag}={text}"] if text.startswith("-") else [flag, text]
+
+
+def _text(flag: str, value: Any) -> str:
+    """A value as `_convert` reads it back: "a,b" for lists, floats exact."""
     if value is None:
         raise ValueError(f"{flag}: no flag sets a field back to None")
     if isinstance(value, list | tuple):
         items = [str(item) for item in value]
         if any("," in item for item in items):
-            raise ValueError(f"{flag}: a list item contains a comma: {items!r}")
-        text = ",".join(items)
-    elif isinstance(value, float):
-        text = repr(value)  # exact: float(repr(x)) == x
-    else:
-        text = str(value)
-    # "--flag=-1" rather than "--flag -1": argparse would take "-1" for a flag.
-    return [f"{flag}={text}"] if text.startswith("-") else [flag, text]
+            raise ValueError(f"{flag}: a list item contains a comma")
+        return ",".join(items)
+    if isinstance(value, float):
+        return repr(value)  # exact: float(repr(x)) == x
+    return str(value)

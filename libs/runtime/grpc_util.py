@@ -39,6 +39,11 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+# A GenerateStream client that reads StreamResponse's token columns says so with this
+# call metadata (see worker.proto); a worker packs plain one-token steps only for it.
+TOKEN_COLUMNS_METADATA = ("tandem-token-columns", "1")
+
+
 class PortInUseError(StartupError):
     """The gRPC server could not bind its address."""
 

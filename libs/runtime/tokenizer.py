@@ -9,8 +9,7 @@ also maps to the bytes it stands for, the table streaming detokenization uses.
 from __future__ import annotations
 
 import os
-import re
-import threading
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
@@ -18,6 +17,12 @@ from typing import Any
 from tandem.runtime.chat_template import ChatTemplate
 from tandem.runtime.detokenizer import IncrementalDetokenizer
 from tandem.runtime.gguf_reader import GgufTokenizerData, read_gguf_tokenizer
+from tandem.runtime.piece_encoder import (
+    PieceEncoder,
+    TokenLimitExceeded,
+    min_tokens,
+    refusing_unencodable,
+)
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 
@@ -132,7 +137,7 @@ class Tokenizer:
         self.chat_template = (
             ChatTemplate(chat_template, bos_token=bos, eos_token=eos) if chat_template else None
         )
-        self._pieces = _PieceEncoder(backend) if cache_pieces else None
+        self._pieces = PieceEncoder(backend, token_bytes) if cache_pieces else None
 
     @classmethod
     def from_gguf(cls, path: str, *, chat_template: str | None = None) -> Tokenizer:
@@ -151,7 +156,7 @@ class Tokenizer:
             add_bos_token=data.add_bos_token,
             chat_template=chat_template or data.chat_template,
             context_length=data.context_length,
-            # Our byte-level BPE has no normalizer and no position-dependent pre-tokenizer.
+            # Our byte-level BPE: no normalizer, a known split regex (see piece_encoder.py).
             cache_pieces=True,
         )
 
@@ -194,15 +199,39 @@ class Tokenizer:
     # -- encode / decode -------------------------------------------------------------
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        """Token ids of `text`; special-token text (e.g. `<|im_start|>`) maps to its id."""
-        if self._pieces is not None:
-            ids = self._pieces.encode(text)
-        else:
-            ids = self.backend.encode(text, add_special_tokens=False).ids
+        """Token ids of `text`; special-token text (e.g. `<|im_start|>`) maps to its id.
+
+        Raises `UnencodableTextError` (a ValueError) for text with a lone surrogate.
+        """
+        ids = self.encode_at_most(text, sys.maxsize)
         if add_special_tokens and self.add_bos_token and self.bos_token_id is not None:
             if not ids or ids[0] != self.bos_token_id:
                 ids.insert(0, self.bos_token_id)
         return ids
+
+    def min_tokens(self, text: str) -> int:
+        """How few tokens `text` can be at least (0 where the tokenizer gives no bound).
+
+        Only our byte-level BPE has a proven bound: no normalizer may shrink the text.
+        """
+        return 0 if self._pieces is None else min_tokens(len(text), self._pieces.max_token_bytes)
+
+    def encode_at_most(self, text: str, max_tokens: int) -> list[int]:
+        """Token ids of `text`, or `TokenLimitExceeded` as soon as they are known to be more
+        than `max_tokens` (for our byte-level BPE long before the text is all tokenized).
+
+        Long texts release the GIL while the backend works: call it in a thread.
+        """
+        at_least = self.min_tokens(text)
+        if at_least > max_tokens:
+            raise TokenLimitExceeded(at_least, max_tokens)
+        with refusing_unencodable(text):
+            if self._pieces is not None:
+                return self._pieces.encode(text, max_tokens)
+            [encoding] = self.backend.encode_batch_fast([text], add_special_tokens=False)
+        if len(encoding.ids) > max_tokens:
+            raise TokenLimitExceeded(len(encoding.ids), max_tokens)
+        return encoding.ids
 
     def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         table = self._visible_bytes if skip_special_tokens else self._token_bytes
@@ -239,53 +268,3 @@ class Tokenizer:
     def _bytes_of(self, token_id: int) -> bytes:
         # Generic fallback (non byte-level models): what the decoder makes of the token alone.
         return self.backend.decode([token_id], skip_special_tokens=False).encode("utf-8")
-
-
-class _PieceEncoder:
-    """Encodes text piece by piece between added tokens, remembering recent pieces.
-
-    The backend matches added tokens (`<|im_start|>`, ...) first and encodes the
-    text between them independently, so a text's ids are its pieces' ids in
-    order. That holds only without a normalizer or a pre-tokenizer that looks at
-    a piece's position in the whole text (Metaspace "first"), hence opt-in.
-    Chat prompts repeat most pieces between requests (system prompt, role
-    headers); only the new message is encoded afresh.
-    """
-
-    __slots__ = ("_backend", "_split", "_added", "_cache", "_lock")
-
-    MAX_PIECES = 1024
-    MAX_PIECE_CHARS = 4096
-
-    def __init__(self, backend: BackendTokenizer) -> None:
-        self._backend = backend
-        self._added = {t.content: i for i, t in backend.get_added_tokens_decoder().items()}
-        # Longest first: at one position the longest added token wins, as in the backend.
-        alternatives = sorted(self._added, key=len, reverse=True)
-        pattern = "(" + "|".join(map(re.escape, alternatives)) + ")" if alternatives else "(?!)"
-        self._split = re.compile(pattern).split
-        self._cache: dict[str, list[int]] = {}
-        # Long prompts are encoded in a thread: writers must not interleave.
-        self._lock = threading.Lock()
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        cache = self._cache
-        # re.split with one group alternates: text, added token, text, ..., text.
-        for i, piece in enumerate(self._split(text)):
-            if i & 1:
-                ids.append(self._added[piece])
-            elif piece:
-                piece_ids = cache.get(piece)
-                if piece_ids is None:
-                    piece_ids = self._backend.encode(piece, add_special_tokens=False).ids
-                    if len(piece) <= self.MAX_PIECE_CHARS:
-                        self._remember(piece, piece_ids)
-                ids.extend(piece_ids)
-        return ids
-
-    def _remember(self, piece: str, piece_ids: list[int]) -> None:
-        with self._lock:
-            if len(self._cache) >= self.MAX_PIECES:
-                del self._cache[next(iter(self._cache))]  # oldest first
-            self._cache[piece] = piece_ids

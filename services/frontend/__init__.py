@@ -1,7 +1,8 @@
 """The OpenAI-compatible frontend: parse, tokenize, route, stream, detokenize, render.
 
-Modules: `config` (FrontendConfig), `openai_schema` + `validation` + `json_fields` (typed
-requests and their errors), `errors` (exception -> HTTP status), `models` (models from etcd,
+Modules: `config` (FrontendConfig), `request_types` + `request_errors` (declared request
+bodies, decoded and checked, and their errors), `openapi` (`/openapi.json`), `errors`
+(exception -> HTTP status), `models` (models from etcd,
 tokenizer and router per model), `endpoints` (one object per OpenAI API: parse, prompt ids,
 renderer), `job` (the types the generation path shares), `generation` (route ->
 Worker.GenerateStream -> migration), `output_processor` (detokenize, stop strings, logprobs,

@@ -1,4 +1,5 @@
-"""Frontend settings: runtime (etcd/NATS), routing (embedded router), HTTP, model overrides."""
+"""Frontend settings: runtime (etcd/NATS), routing (embedded router), HTTP, model overrides,
+API keys and request limits."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from dataclasses import dataclass
 
 from tandem.router.config import RoutingConfig
 from tandem.runtime.config import RuntimeConfig, option
+
+from .api_keys import check_key
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +33,28 @@ class FrontendConfig(RuntimeConfig, RoutingConfig):
     max_migrations: int = option(
         3, "Times a request may move to another worker after its worker fails."
     )
+    max_prompt_tokens: int = option(
+        0,
+        "Most tokens a prompt may have (0 = the model's context length); a longer one is "
+        "refused with 400 context_length_exceeded, before or while it is tokenized.",
+    )
+    api_key: list[str] = option(
+        default_factory=list,
+        help="Key a client must send as 'Authorization: Bearer <key>' on every API route "
+        "(else 401; /health and /metrics stay open); repeat or comma-separate for several; "
+        "none = the API is open. Prefer TANDEM_API_KEY or --api-key-file: flags show in `ps`.",
+        secret=True,
+    )
+    api_key_file: str = option(
+        "",
+        "File of more API keys, one per line (blank lines and # comments ignored); read at start.",
+    )
+    max_concurrent_requests: int = option(
+        4096,
+        "Most API requests served at once, a stream until its last byte; beyond: 503 with "
+        "Retry-After.",
+    )
+    max_body_bytes: int = option(64 * 1024 * 1024, "Largest request body accepted; beyond: 413.")
 
     def __post_init__(self) -> None:
         RoutingConfig.__post_init__(self)
@@ -39,3 +64,11 @@ class FrontendConfig(RuntimeConfig, RoutingConfig):
             raise ValueError("--model-path needs --model-name")
         if self.max_migrations < 0:
             raise ValueError("max_migrations must be >= 0")
+        if self.max_prompt_tokens < 0:
+            raise ValueError("max_prompt_tokens must be >= 0")
+        for key in self.api_key:
+            check_key(key)
+        if self.max_concurrent_requests < 1:
+            raise ValueError("max_concurrent_requests must be >= 1")
+        if self.max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be >= 1")

@@ -24,6 +24,10 @@ class FrontendError(Exception):
         if code is not None:
             self.code = code
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the response carries beside the body."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "error": {
@@ -65,6 +69,17 @@ class RequestTooLargeError(InvalidRequestError):
     code = "request_too_large"
 
 
+class UnauthorizedError(FrontendError):
+    """No API key, or not one of the frontend's (`--api-key`); OpenAI's 401 shape."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
 class InvalidTypeError(FrontendError):
     """A field has the wrong JSON type, or a required one is missing (422, as schema errors)."""
 
@@ -93,12 +108,34 @@ class MethodNotAllowedError(FrontendError):
     code = "method_not_allowed"
 
 
+RETRY_AFTER_SECONDS = 1
+"""What a 503 tells a client to wait: each cause (a worker about to register, a stream freeing
+its place, the router's queue draining) clears within seconds."""
+
+
 class ServiceUnavailableError(FrontendError):
-    """No worker can take the request right now (none registered, all failed, router queue full)."""
+    """No worker can take the request right now (none registered, all failed, router queue full).
+
+    The response says when to try again (`Retry-After`, seconds).
+    """
 
     status = 503
     type = "service_unavailable_error"
     code = "service_unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int = RETRY_AFTER_SECONDS,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class EngineError(FrontendError):

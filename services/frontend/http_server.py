@@ -7,27 +7,29 @@ import contextlib
 import logging
 import socket
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from opentelemetry.trace import SpanKind, Tracer
 from tandem.runtime.metrics import metrics_handler
 from tandem.runtime.startup import binding
 from tandem.runtime.tracing import context_from_metadata, context_to_metadata
 
+from .config import FrontendConfig
 from .endpoints import ENDPOINTS, BaseEndpoint, RequestT
 from .errors import (
     FrontendError,
     MethodNotAllowedError,
-    ModelNotFoundError,
     NotFoundError,
     RequestTooLargeError,
 )
 from .generation import Generator
 from .job import GenerationJob, TokenLogprob
-from .json_fields import parse_json_body
 from .metrics import FrontendMetrics
 from .models import ModelRegistry, ServedModel
+from .openapi import openapi_json
 from .responses import DONE, BaseRenderer, error_event
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,6 @@ _SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-_MAX_BODY_BYTES = 64 * 1024 * 1024
 # W3C trace context: forwarded to the worker so one request is one trace.
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
@@ -55,7 +56,7 @@ class _SseResponse(web.StreamResponse):
 
 
 def error_response(exc: FrontendError) -> web.Response:
-    return web.json_response(exc.to_dict(), status=exc.status)
+    return web.json_response(exc.to_dict(), status=exc.status, headers=exc.headers())
 
 
 @web.middleware
@@ -73,7 +74,7 @@ async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamRe
         )
     except web.HTTPRequestEntityTooLarge:
         return error_response(
-            RequestTooLargeError(f"Request body exceeds {_MAX_BODY_BYTES} bytes.")
+            RequestTooLargeError(f"Request body exceeds {request.client_max_size} bytes.")
         )
     except web.HTTPException:
         raise
@@ -93,6 +94,9 @@ class OpenAIServer:
         generator: Generator,
         metrics: FrontendMetrics,
         tracer: Tracer | None = None,
+        *,
+        middlewares: Sequence[Middleware] = (),
+        max_body_bytes: int = FrontendConfig.max_body_bytes,
     ) -> None:
         self._tracer = tracer
         self._models = models
@@ -100,9 +104,15 @@ class OpenAIServer:
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
         self.port = 0
-        app = web.Application(middlewares=[_errors_middleware], client_max_size=_MAX_BODY_BYTES)
+        # `middlewares` (the API-key and load door) run inside the error middleware.
+        app = web.Application(
+            middlewares=[_errors_middleware, *middlewares], client_max_size=max_body_bytes
+        )
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", metrics_handler(metrics.registry))
+        # Generated once from the declared request types the endpoints decode with.
+        self._openapi = openapi_json(ENDPOINTS)
+        app.router.add_get("/openapi.json", self._openapi_document)
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/v1/models/{model:.+}", self._get_model)
         for endpoint in ENDPOINTS:
@@ -126,6 +136,9 @@ class OpenAIServer:
 
     # -- simple endpoints ------------------------------------------------------------
 
+    async def _openapi_document(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
+
     async def _health(self, _request: web.Request) -> web.Response:
         models = {m.name: len(m.workers) for m in self._models.known()}
         return web.json_response({"status": "healthy", "models": models})
@@ -146,20 +159,10 @@ class OpenAIServer:
         )
 
     async def _get_model(self, request: web.Request) -> web.Response:
-        return web.json_response(self._model_object(self._model(request.match_info["model"])))
+        model = await self._models.lookup(request.match_info["model"])
+        return web.json_response(self._model_object(model))
 
     # -- generation ----------------------------------------------------------------------
-
-    def _model(self, name: str) -> ServedModel:
-        model = self._models.get(name)
-        if model is None:
-            # Naming what is served catches typos, and says when no worker has registered yet.
-            served = ", ".join(sorted(m.name for m in self._models.served()))
-            raise ModelNotFoundError(
-                f"The model '{name}' does not exist. Served here: {served or 'none yet'}.",
-                param="model",
-            )
-        return model
 
     def _add_endpoint(self, app: web.Application, endpoint: BaseEndpoint[Any]) -> None:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -185,8 +188,8 @@ class OpenAIServer:
         model_label = ""
         status = "error"
         try:
-            parsed = endpoint.parse(parse_json_body(await request.read()))
-            model = self._model(parsed.model)
+            parsed = endpoint.parse(await request.read())
+            model = await self._models.lookup(parsed.model)
             model_label = model.name
             request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
             job = endpoint.job(request_id, model, await endpoint.prompt_ids(model, parsed), parsed)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .openai_schema import SamplingOptions
+from .request_types import SamplingOptions
 
 if TYPE_CHECKING:
     from .models import ServedModel

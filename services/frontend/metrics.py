@@ -91,6 +91,11 @@ class FrontendMetrics:
             "Streams cancelled because the client went away.",
             ("model",),
         )
+        self.rejected = factory.counter(
+            "rejected_requests_total",
+            "API requests refused before they were read, by reason.",
+            ("reason",),
+        )
         self._models: dict[str, ModelMetrics] = {}
         self._requests: dict[tuple[str, str, str], Counter] = {}
 

@@ -6,7 +6,9 @@ or at start when configured with --model-name/--model-path. Each model has a
 live worker view (`InstanceSet`) and its own router over it (built by the
 router library's `ModelRouters`), so workers that join or leave are used or
 dropped without a restart. A model whose workers all left stays known
-(requests get 503, not 404).
+(requests get 503, not 404). So does one about to be served: named by
+--model-name, being loaded, with a model card in etcd, or any model while the
+models found at start are still loading; 404 is for a name nothing knows.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from tandem.router.api import BaseRouter
 from tandem.router.metrics import RouterMetrics
 from tandem.router.model_routers import ModelRouters
 from tandem.runtime.discovery import Discovery
+from tandem.runtime.etcd_client import ETCD_ERRORS
 from tandem.runtime.gc_tuning import freeze_heap
 from tandem.runtime.instance_info import InstanceInfo
 from tandem.runtime.instance_set import InstanceSet
@@ -32,11 +36,14 @@ from tandem.runtime.model_card import ModelCard, default_model_path
 from tandem.runtime.tokenizer import Tokenizer
 
 from .config import FrontendConfig
+from .errors import ModelNotFoundError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
 _CARD_RETRY_SECONDS = 0.25
 _CARD_WAIT_SECONDS = 30.0
+# No model is named this long; a longer name is answered 404 without asking etcd.
+_MAX_LOOKUP_NAME_CHARS = 1024
 
 
 @dataclass(slots=True)
@@ -48,11 +55,19 @@ class ServedModel:
     tokenizer: Tokenizer
     workers: InstanceSet
     router: BaseRouter
+    # The frontend's --max-prompt-tokens (0: the context length alone limits prompts).
+    max_prompt_tokens: int = 0
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def context_length(self) -> int:
         return self.card.context_length or self.tokenizer.context_length or 0
+
+    @property
+    def prompt_token_limit(self) -> int:
+        """The most tokens a prompt may have: --max-prompt-tokens within the context length."""
+        limits = [n for n in (self.max_prompt_tokens, self.context_length) if n > 0]
+        return min(limits) if limits else sys.maxsize
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -109,9 +124,41 @@ class ModelRegistry:
         self._loading: dict[str, asyncio.Task[None]] = {}
         self._tokenizers: dict[tuple[str, str | None], Tokenizer] = {}
         self._all_workers: InstanceSet | None = None
+        # The loads of the models found at start; until they end, any name may be one.
+        self._first_loads: list[asyncio.Task[None]] | None = None
 
     def get(self, name: str) -> ServedModel | None:
         return self._models.get(name)
+
+    async def lookup(self, name: str) -> ServedModel:
+        """The model `name`; 503 with Retry-After while it is about to be served, else 404."""
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        if await self._coming(name):
+            raise ServiceUnavailableError(
+                f"The model '{name}' is not served yet: no worker of it has registered here. "
+                "Retry shortly.",
+            )
+        # Naming what is served catches typos.
+        served = ", ".join(sorted(m.name for m in self.served()))
+        raise ModelNotFoundError(
+            f"The model '{name}' does not exist. Served here: {served or 'none'}.",
+            param="model",
+        )
+
+    async def _coming(self, name: str) -> bool:
+        """Whether `name` is a model this frontend is about to serve."""
+        if name == self._config.model_name or name in self._loading:
+            return True
+        if self._first_loads is None or not all(t.done() for t in self._first_loads):
+            return True
+        if len(name) > _MAX_LOOKUP_NAME_CHARS:
+            return False
+        try:
+            return await self._discovery.get_model_card(name) is not None
+        except ETCD_ERRORS:
+            return True  # etcd cannot say: the model may well be there
 
     def known(self) -> list[ServedModel]:
         """Every model seen so far, with or without live workers."""
@@ -136,6 +183,7 @@ class ModelRegistry:
         await self._all_workers.start()
         for info in self._all_workers:
             self._on_worker_change("added", info)
+        self._first_loads = list(self._loading.values())
 
     async def stop(self) -> None:
         for task in self._loading.values():
@@ -194,7 +242,12 @@ class ModelRegistry:
             )
         route = await self._routers.build(card.name)
         self._models[card.name] = ServedModel(
-            card.name, card, tokenizer, route.workers, route.router
+            card.name,
+            card,
+            tokenizer,
+            route.workers,
+            route.router,
+            max_prompt_tokens=self._config.max_prompt_tokens,
         )
         # The tokenizer tables and router state live as long as the process.
         freeze_heap()

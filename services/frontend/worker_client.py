@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
-from tandem.runtime.grpc_util import create_channel
+from tandem.runtime.grpc_util import TOKEN_COLUMNS_METADATA, create_channel
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,12 @@ class RequestStream:
         item = items.popleft()
         if isinstance(item, WorkerStreamError):
             self._ended = True
-            raise item
+            try:
+                raise item
+            finally:
+                # Else this frame (in the error's traceback) and the error hold each other,
+                # and the request's prompt with them, until a full collection.
+                del item
         if items and not isinstance(items[0], WorkerStreamError):
             merged = worker_pb2.GenerateResponse()
             merged.MergeFrom(item)  # repeated fields append; finish_reason and usage: the last set
@@ -103,7 +108,7 @@ class WorkerSession:
         self._streams: dict[int, RequestStream] = {}
         self._keys = itertools.count(1)
         self.closed = False
-        self._call = stub.GenerateStream(self._requests())
+        self._call = stub.GenerateStream(self._requests(), metadata=(TOKEN_COLUMNS_METADATA,))
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     def start(
@@ -136,6 +141,11 @@ class WorkerSession:
         try:
             async for batch in self._call:
                 streams = self._streams
+                # One-token steps come packed, before every output of the message.
+                for key, token in zip(batch.token_keys, batch.token_ids, strict=True):
+                    stream = streams.get(key)
+                    if stream is not None:
+                        stream.deliver(worker_pb2.GenerateResponse(token_ids=(token,)))
                 for out in batch.outputs:
                     stream = streams.get(out.key)
                     if stream is None:

@@ -1,7 +1,8 @@
 """The `tandem` command: `tandem up` runs a local cluster; `tandem <service>` runs one service.
 
 `tandem frontend|worker|router|planner ...` is what a container runs: it
-calls that service's `main(argv)`. `tandem up` is in `up.py`.
+calls that service's `main(argv)`. `tandem up` is in `up.py`; `tandem
+simulate` and `tandem router tune` (the fleet simulator) in `sim_commands.py`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def _usage() -> str:
     lines = ["usage: tandem <command> [flags]", "", "commands:",
              "  up          run a local cluster (nats, etcd, workers, frontend) on http://localhost:8000/v1"]  # fmt: skip
     lines += [f"  {name:<11} {doc}" for name, (_, doc) in SERVICES.items()]
+    lines += ["  simulate    replay a Mooncake trace on a simulated fleet: the real router, N simulated mocker workers",
+              "  router tune search the kv router's knobs for a trace on the simulator; prints the best settings"]  # fmt: skip
     lines += ["", "`tandem <command> --help` lists each command's flags."]
     return "\n".join(lines)
 
@@ -45,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command == "simulate" or (command == "router" and rest[:1] == ["tune"]):
+        from . import sim_commands  # loads the router and the mocker: only when asked
+
+        if command == "simulate":
+            return sim_commands.simulate_main(rest)
+        return sim_commands.tune_main(rest[1:])
     if command in SERVICES:
         module = importlib.import_module(SERVICES[command][0])
         return int(module.main(rest) or 0)

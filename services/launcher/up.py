@@ -25,7 +25,13 @@ from tandem.planner.config import PlannerConfig
 from tandem.planner.connectors import follow_target
 from tandem.planner.target import ReplicaTarget, TargetStore
 from tandem.router.config import ROUTER_MODES
-from tandem.runtime.config import RuntimeConfig, config_from_env, config_to_argv, option
+from tandem.runtime.config import (
+    RuntimeConfig,
+    config_from_env,
+    config_to_argv,
+    option,
+    secret_environ,
+)
 from tandem.runtime.discovery import Discovery
 from tandem.runtime.host import usable_cpus
 from tandem.runtime.model_card import DEFAULT_MODEL_NAME
@@ -52,7 +58,13 @@ class UpConfig:
     """
 
     engine: str = option("torch", "Engine for every worker.", choices=tuple(ENGINES))
-    workers: int = option(2, "Number of worker processes (the starting size with --planner).")
+    workers: int = option(2, "Number of workers (the starting size with --planner).")
+    workers_per_process: int = option(
+        0,
+        "Workers each worker process hosts (`tandem worker --num-workers`; engines that allow "
+        "it: mocker). 0 = mocker workers are spread over one process per core, torch "
+        "workers get a process each. With --planner every process hosts one worker.",
+    )
     planner: bool = option(False, "Scale the worker pool with the planner.")
     min_workers: int = option(1, "With --planner: fewest workers the planner asks for.")
     max_workers: int = option(
@@ -72,6 +84,16 @@ class UpConfig:
     http_port: int = option(8000, "Port of the OpenAI-compatible HTTP API.")
     http_host: str = option("0.0.0.0", "Interface the HTTP API listens on.")
     router_mode: str = option("kv", "How the frontend picks a worker.", choices=ROUTER_MODES)
+    api_key: list[str] = option(
+        default_factory=list,
+        help="API key the frontend requires on /v1 (repeat or comma-separate for several); "
+        "handed to it in its environment, never its command line. Prefer TANDEM_API_KEY or "
+        "--api-key-file: flags are visible in `ps`.",
+        secret=True,
+    )
+    api_key_file: str = option(
+        "", "File of API keys for the frontend, one per line (# comments ignored)."
+    )
     nats: str = option("", "Use this running NATS (JetStream on) instead of starting one.")
     etcd: str = option("", "Use this running etcd instead of starting one.")
     namespace: str = option("default", "Deployment namespace.")
@@ -85,6 +107,14 @@ class UpConfig:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.workers_per_process < 0:
+            raise ValueError(f"--workers-per-process must be >= 0, got {self.workers_per_process}")
+        if self.workers_per_process > 1 and not ENGINES[self.engine].hosts_many:
+            raise ValueError(f"--workers-per-process: the {self.engine} engine runs one worker "
+                             "per process")  # fmt: skip
+        if self.workers_per_process > 1 and self.planner:
+            raise ValueError("--workers-per-process: with --planner every process hosts one "
+                             "worker (the planner scales processes)")  # fmt: skip
         if self.planner and not self.min_workers <= self.workers <= self.max_workers:
             raise ValueError(
                 f"--workers ({self.workers}) must be within --min-workers ({self.min_workers}) "
@@ -130,13 +160,37 @@ class UpConfig:
             http_port=self.http_port,
             http_host=self.http_host,
             router_mode=self.router_mode,
+            api_key=self.api_key,
+            api_key_file=self.api_key_file,
         )
 
-    def worker_config(self, runtime: RuntimeConfig | None = None) -> WorkerConfig:
-        """Every worker child, before the pass-through flags (its instance id is its own)."""
+    def worker_config(
+        self, runtime: RuntimeConfig | None = None, num_workers: int = 1
+    ) -> WorkerConfig:
+        """A worker child hosting `num_workers`, before the pass-through flags (its instance
+        id is its own)."""
         return config_from_env(
-            WorkerConfig, **_fields(runtime or self.runtime()), engine=self.engine
+            WorkerConfig,
+            **_fields(runtime or self.runtime()),
+            engine=self.engine,
+            num_workers=num_workers,
         )
+
+    def worker_processes(self) -> list[int]:
+        """How many workers each worker process hosts, one entry per process.
+
+        The planner scales processes, so with --planner each hosts one worker.
+        """
+        per = self.workers_per_process
+        if self.planner or not ENGINES[self.engine].hosts_many:
+            per = 1
+        elif per == 0:
+            per = -(-self.workers // usable_cpus())
+        num_processes = -(-self.workers // per)
+        return [
+            self.workers // num_processes + (1 if i < self.workers % num_processes else 0)
+            for i in range(num_processes)
+        ]
 
     def planner_config(self, model: str, runtime: RuntimeConfig | None = None) -> PlannerConfig:
         """The planner child that `tandem up --planner` runs for `model`."""
@@ -162,6 +216,12 @@ def worker_argv(config: WorkerConfig, passed_on: list[str]) -> list[str]:
     The instance id is left out: each worker process (and each restart) draws its own.
     """
     return [*config_to_argv(config, omit=("instance_id",)), *passed_on]
+
+
+def frontend_spec(config: FrontendConfig) -> ChildSpec:
+    """The frontend child: its config as flags, its API keys in its environment (not in `ps`)."""
+    spec = ChildSpec.python_module("frontend", "tandem.frontend", config_to_argv(config))
+    return dataclasses.replace(spec, env=secret_environ(config))
 
 
 def _models_ready(port: int) -> list[str]:
@@ -208,20 +268,19 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
         loop.add_signal_handler(sig, stop.set)
     pool: asyncio.Task[None] | None = None
     try:
-        args = worker_argv(config.worker_config(runtime), _with_thread_share(config, worker_args))
+        passed_on = _with_thread_share(config, worker_args)
+        args = worker_argv(config.worker_config(runtime), passed_on)
         if config.planner:
             pool = asyncio.create_task(
                 _planner_pool(config, supervisor, args, runtime), name="planner pool"
             )
         else:
-            for i in range(config.workers):
+            for i, num_workers in enumerate(config.worker_processes()):
+                hosted = worker_argv(config.worker_config(runtime, num_workers), passed_on)
                 await supervisor.start(
-                    ChildSpec.python_module(f"worker-{i}", "tandem.worker", args)
+                    ChildSpec.python_module(f"worker-{i}", "tandem.worker", hosted)
                 )
-        frontend_args = config_to_argv(config.frontend_config(runtime))
-        await supervisor.start(
-            ChildSpec.python_module("frontend", "tandem.frontend", frontend_args)
-        )
+        await supervisor.start(frontend_spec(config.frontend_config(runtime)))
         ready = asyncio.create_task(_wait_ready(config, supervisor))
         stopped = asyncio.create_task(stop.wait())
         failed = asyncio.create_task(supervisor.failed.wait())

@@ -16,16 +16,21 @@ block of prefill is compute-bound: `block_size` full forward passes (about
 costs a KV read of `block_size` tokens per decode step (about 16 x 40 ns =
 0.6 us), i.e. a prefill block is worth ~500 steps of holding a block, and a
 request holds its blocks for its remaining output: outputs of tens to a few
-hundred tokens, half done on average, make ~60 steps. So one block of
-prefill costs about as much as holding `PREFILL_BLOCK_COST` = 500 / 60 ~ 8
-blocks through a typical request's remaining life.
+hundred tokens, half done on average, make ~60 steps: ~8 blocks held. And
+prefill is paid twice: a step that prefills stalls every sequence decoding
+on that worker for as long, so with anything running there one block of
+prefill costs about as much as holding `PREFILL_BLOCK_COST` = 2 x 8 = 16
+blocks through a typical request's remaining life. At 8 (the stall left
+out) decode-load jitter between busy workers outweighed the hits that are
+specific to one conversation (bench/routing_quality.py `high-conc`: 81 % of
+prompt tokens cached against the oracle's 87.5 %; 87 % at 16).
 Counting both in raw blocks (a common router default) prices a cache hit at
 one request's worth of decode load; ordinary load jitter between workers is
 several requests, so such a router scatters conversations and routes a
 multi-turn chat workload no better than round-robin until its prefill
 weight is raised several-fold. Here `prefill_blocks` is scaled by
 `PREFILL_BLOCK_COST`, so at the default weight a hit is kept unless the
-worker is ~8 requests' worth busier, and queued prefill (same units as the
+worker is ~16 requests' worth busier, and queued prefill (same units as the
 hit it competes with) still spreads bursts. bench/routing_quality.py shows
 both on a multi-turn chat workload (rows `kv` and `kv (raw units)`).
 """
@@ -37,8 +42,9 @@ import random
 from collections.abc import Sequence
 from typing import NamedTuple
 
-PREFILL_BLOCK_COST = 8.0
-"""GPU time of computing one prefill block, in units of holding one block for a request's life."""
+PREFILL_BLOCK_COST = 16.0
+"""GPU time of computing one prefill block and the decode stall it causes, in units of holding
+one block for a request's life."""
 STEP_PREFILL_TOKENS = 2048
 """Prefill tokens one engine step computes (the engines' default max_num_batched_tokens)."""
 OUTPUT_ESTIMATE_CAP_TOKENS = 1024

@@ -207,7 +207,8 @@ class KvEventFollower:
         if kind == "stored":
             stored = event.stored
             if stored.tier in DEVICE_TIERS:
-                self.index.store(worker, list(stored.blocks.block_hash))
+                # A slice reads the column into a list faster than list() does.
+                self.index.store(worker, stored.blocks.block_hash[:])
         elif kind == "removed":
             removed = event.removed
             if removed.tier in DEVICE_TIERS:

@@ -4,8 +4,8 @@ Wires the parts together: RadixIndex (fed by KvEventFollower, or by the
 router's own decisions through ApproxIndex with --no-kv-events),
 ActiveLoadManager (corrected by LoadMetrics, shared with replicas through
 LoadSharing), the cost model, the busy threshold and its wait queue.
-route() hashes the prompt once and never blocks on I/O unless every worker
-is busy.
+route() hashes the prompt once, only as far as the index walk reads, and
+never blocks on I/O unless every worker is busy.
 
 The block size prompts are hashed with is the workers' own: a model's is the
 `block_size` its oldest live worker registered (the worker whose model card
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
-from tandem.runtime.block_hash import sequence_hashes
+from tandem.runtime.block_hash import LazySequenceHashes
 from tandem.runtime.instance_info import InstanceInfo
 from tandem.runtime.instance_set import ChangeKind
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
@@ -180,8 +180,10 @@ class KvRouter(BaseRouter):
         started = time.perf_counter()
         if self.load.get(request_id) is not None:
             self.free(request_id)  # routed again without a free (a retry): count it once
-        hashes = sequence_hashes(token_ids, self.block_size)
-        request_blocks = cost_model.request_blocks(len(token_ids), max_tokens, self.block_size)
+        block_size = self.block_size
+        # Hashed only as far as the walk reads (a prompt nobody holds: its first blocks).
+        hashes = LazySequenceHashes(token_ids, block_size)
+        request_blocks = cost_model.request_blocks(len(token_ids), max_tokens, block_size)
         if self.approx is not None:
             self.approx.expire()
         overlaps = self.index.overlaps(hashes)
@@ -190,7 +192,7 @@ class KvRouter(BaseRouter):
             chosen = await self._wait_for_room(hashes, request_blocks, exclude)
             started = time.perf_counter()
         info, overlap = chosen
-        prefill_tokens = max(len(token_ids) - overlap * self.block_size, 0)
+        prefill_tokens = max(len(token_ids) - overlap * block_size, 0)
         if (
             self.load.add(request_id, info.instance_id, prefill_tokens, request_blocks)
             and self.sharing
@@ -199,7 +201,7 @@ class KvRouter(BaseRouter):
                 Kind.KIND_ADD, request_id, info.instance_id, prefill_tokens, request_blocks
             )
         if self.approx is not None:
-            self.approx.insert(info.instance_id, hashes)
+            self.approx.insert(info.instance_id, hashes.all())
         self.metrics.observe_decision(
             info.instance_id, overlap, len(hashes), time.perf_counter() - started
         )
@@ -249,7 +251,7 @@ class KvRouter(BaseRouter):
         return instances[ids[best]], ov[best]
 
     async def _wait_for_room(
-        self, hashes: list[int], request_blocks: int, exclude: Collection[str]
+        self, hashes: LazySequenceHashes, request_blocks: int, exclude: Collection[str]
     ) -> tuple[InstanceInfo, int]:
         if self._num_waiting >= self.config.max_queue:
             self.metrics.rejected.inc()

@@ -9,6 +9,8 @@ so the `kv` index and its followers load only when a `kv` router is built.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,6 +35,10 @@ class RouterDeps:
     """etcd, for policies that look up more than their worker view."""
     metrics: RouterMetrics | None = None
     """Shared by several routers (one per model); None: the router makes its own."""
+    clock: Callable[[], float] = time.monotonic
+    """What `kv` ages load reports and requests by (a simulated fleet passes its own)."""
+    rng: random.Random | None = None
+    """Tie-breaks and sampling of `kv` and `random`; None: seeded from the OS."""
 
 
 RouterFactory = Callable[["RoutingConfig", "WorkerView", RouterDeps], "BaseRouter"]
@@ -41,7 +47,14 @@ RouterFactory = Callable[["RoutingConfig", "WorkerView", RouterDeps], "BaseRoute
 def _make_kv(config: RoutingConfig, workers: WorkerView, deps: RouterDeps) -> BaseRouter:
     from .kv_router import KvRouter
 
-    return KvRouter(config, workers, messaging=deps.messaging, metrics=deps.metrics)
+    return KvRouter(
+        config,
+        workers,
+        messaging=deps.messaging,
+        metrics=deps.metrics,
+        rng=deps.rng,
+        clock=deps.clock,
+    )
 
 
 def _make_round_robin(config: RoutingConfig, workers: WorkerView, deps: RouterDeps) -> BaseRouter:
@@ -53,7 +66,7 @@ def _make_round_robin(config: RoutingConfig, workers: WorkerView, deps: RouterDe
 def _make_random(config: RoutingConfig, workers: WorkerView, deps: RouterDeps) -> BaseRouter:
     from .policies import RandomRouter
 
-    return RandomRouter(workers)
+    return RandomRouter(workers, deps.rng)
 
 
 _POLICIES: dict[str, RouterFactory] = {

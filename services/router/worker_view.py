@@ -1,7 +1,7 @@
 """What every policy needs of the live worker set: `WorkerView` and `candidates()`.
 
 An etcd `InstanceSet` (alive, registered under a lease) is a `WorkerView`;
-tests and benchmarks pass static ones.
+`StaticWorkerView` is a fixed one (the fleet simulator's, tests', benchmarks').
 """
 
 from __future__ import annotations
@@ -32,3 +32,17 @@ def candidates(workers: WorkerView, exclude: Collection[str]) -> list[InstanceIn
             "no worker available" + (f" (excluded: {sorted(exclude)})" if exclude else "")
         )
     return infos
+
+
+class StaticWorkerView:
+    """A fixed set of workers that never changes (a simulated fleet, tests, benchmarks)."""
+
+    def __init__(self, infos: Collection[InstanceInfo]) -> None:
+        self._instances = {info.instance_id: info for info in infos}
+
+    @property
+    def instances(self) -> dict[str, InstanceInfo]:
+        return self._instances
+
+    def on_change(self, callback: ChangeCallback) -> None:
+        pass  # nothing ever joins or leaves

@@ -1,4 +1,4 @@
-"""`python -m tandem.worker --engine mocker ...`: run one worker until SIGTERM/SIGINT."""
+"""`python -m tandem.worker --engine mocker ...`: run one worker (or `--num-workers` N) until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tandem.runtime.logs import setup_logging
 from tandem.runtime.service_main import run_service
 
 from .config import WorkerConfig
-from .registry import EngineUnavailable, load_engine
+from .registry import ENGINES, EngineUnavailable, load_engine
 
 COMPONENT = "worker"
 
@@ -51,28 +51,34 @@ def parse_args(argv: Sequence[str] | None) -> tuple[WorkerConfig, Any]:
     if engine_cls is None:
         parser.error(parser.epilog or f"engine {engine!r} unavailable")
     try:
-        return (
-            config_from_namespace(WorkerConfig, namespace),
-            config_from_namespace(engine_cls, namespace),
-        )
+        config = config_from_namespace(WorkerConfig, namespace)
+        engine_config = config_from_namespace(engine_cls, namespace)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
         raise  # unreachable
+    if config.num_workers > 1 and not ENGINES[engine].hosts_many:
+        many = ", ".join(name for name, entry in ENGINES.items() if entry.hosts_many)
+        parser.error(
+            f"--num-workers {config.num_workers}: the {engine} engine runs one worker per "
+            f"process (it uses the machine's cores or GPU); start more processes instead, "
+            f"or use --engine {many}"
+        )
+    return config, engine_config
 
 
 async def serve(
     config: WorkerConfig, engine_config: Any, stop: asyncio.Event, ready: asyncio.Event
 ) -> None:
-    from .server import WorkerServer
+    from .host import WorkerHost
 
-    server = WorkerServer(config, engine_config)
+    host = WorkerHost(config, engine_config)
     try:
-        await server.start()
+        await host.start()
         ready.set()
         await stop.wait()
     finally:
         with contextlib.suppress(Exception):
-            await server.stop()
+            await host.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_service(
         COMPONENT,
         lambda stop, ready: serve(config, engine_config, stop, ready),
-        log_extra={"instance_id": config.instance_id},
+        log_extra={"instance_id": config.instance_id},  # with --num-workers: their prefix
     )
 
 

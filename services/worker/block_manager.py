@@ -150,12 +150,10 @@ class BlockManager:
 
         `token_ids` is the sequence's whole token list (prompt + output so far).
         """
-        if not self.enable_prefix_caching:
-            return
         bs = self.block_size
         start = len(table.hashes)
         end = min(num_computed, len(token_ids)) // bs
-        if end <= start:
+        if end <= start or not self.enable_prefix_caching:  # most steps: no block filled up
             return
         parent = table.hashes[-1] if table.hashes else None
         new = hash_blocks(token_ids[start * bs : end * bs], bs, self.hash_seed, parent_hash=parent)

@@ -16,7 +16,13 @@ def _random_instance_id() -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerConfig(RuntimeConfig):
-    """Tandem worker: serves one engine over gRPC and reports it in etcd and on NATS."""
+    """Tandem worker: serves one engine over gRPC and reports it in etcd and on NATS.
+
+    With --num-workers N (mocker only) one process hosts N independent workers:
+    each its own instance id, engine, gRPC and /metrics port, KV event stream and
+    load reports; they share the process's NATS connection and one etcd lease, so
+    when the process dies all of its workers leave etcd together.
+    """
 
     engine: str = option("torch", "inference engine", choices=tuple(ENGINES))
     host: str = option("0.0.0.0", "address the gRPC and metrics servers bind")
@@ -26,7 +32,15 @@ class WorkerConfig(RuntimeConfig):
     port: int = option(0, "gRPC port; 0 = a free port")
     metrics_port: int = option(0, "Prometheus /metrics HTTP port; 0 = a free port")
     instance_id: str = option(
-        "", "unique id in etcd and NATS subjects; empty = random", flag="--instance-id"
+        "",
+        "unique id in etcd and NATS subjects; empty = random; with --num-workers N the "
+        "workers are ID-0 .. ID-(N-1)",
+        flag="--instance-id",
+    )
+    num_workers: int = option(
+        1,
+        "workers this process hosts (engines that allow it: mocker); fixed --port and "
+        "--metrics-port values count up from the given port, one per worker",
     )
     disaggregation_mode: str = option(
         "aggregated", "role of this worker (prefill/decode come later)", choices=("aggregated",)
@@ -42,8 +56,25 @@ class WorkerConfig(RuntimeConfig):
             raise ValueError("kv_event_buffer must be positive")
         if self.load_report_interval <= 0:
             raise ValueError("load_report_interval must be positive")
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be at least 1, got {self.num_workers}")
         if not self.instance_id:
             object.__setattr__(self, "instance_id", _random_instance_id())
+
+    @property
+    def instance_ids(self) -> list[str]:
+        """One id per hosted worker: `--instance-id` itself when the process hosts one."""
+        if self.num_workers == 1:
+            return [self.instance_id]
+        return [f"{self.instance_id}-{i}" for i in range(self.num_workers)]
+
+    def port_of(self, index: int) -> int:
+        """gRPC port of hosted worker `index` (0 = a free port)."""
+        return self.port + index if self.port else 0
+
+    def metrics_port_of(self, index: int) -> int:
+        """/metrics port of hosted worker `index` (0 = a free port)."""
+        return self.metrics_port + index if self.metrics_port else 0
 
     @property
     def endpoint_host(self) -> str:

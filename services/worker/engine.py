@@ -8,7 +8,9 @@ picked by name from `ENGINES` (see `registry.py`).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -156,3 +158,64 @@ class BaseEngine(abc.ABC):
             block_size=self.block_size,
             eos_token_ids=tuple(self.eos_token_ids),
         )
+
+
+OutputListener = Callable[[EngineOutput], None]
+"""Called on the event loop with each output of a submitted request; the last has `finish_reason`."""
+
+
+class PushEngine(BaseEngine):
+    """An engine whose step loop runs on the event loop and hands each output to a listener.
+
+    No task per request and no per-token wakeup: the step loop calls each
+    request's listener directly, which is how `Worker.GenerateStream` serves
+    such an engine (the cheap path, see `grpc_service.py`). `generate()` is
+    built on `submit()` here, once for every such engine.
+    """
+
+    @abc.abstractmethod
+    def submit(self, request: EngineRequest, listener: OutputListener) -> Callable[[], None]:
+        """Admit `request` and return a function that aborts it (no-op once it ended).
+
+        Raises `EngineError` at once for a request the rules reject. `listener`
+        is called from the event loop, never before `submit` returned, with
+        each step's output; after the last one (or an abort) never again.
+        """
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        outputs: deque[EngineOutput] = deque()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] | None = None
+
+        def listener(out: EngineOutput) -> None:
+            outputs.append(out)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        abort = self.submit(request, listener)
+        try:
+            while True:
+                while not outputs:
+                    waiter = loop.create_future()
+                    await waiter
+                out = _merged(outputs)
+                yield out
+                if out.finish_reason is not None:
+                    return
+        finally:
+            abort()
+
+
+def _merged(outputs: deque[EngineOutput]) -> EngineOutput:
+    """Every queued output as one (a consumer that fell behind gets them together)."""
+    out = outputs.popleft()
+    while outputs:
+        more = outputs.popleft()
+        out = EngineOutput(
+            token_ids=out.token_ids + more.token_ids,
+            logprobs=None if out.logprobs is None else [*out.logprobs, *(more.logprobs or [])],
+            finish_reason=more.finish_reason,
+            usage=more.usage,
+            error=more.error,
+        )
+    return out

@@ -8,6 +8,9 @@ step replaces one message per token per request.
 
 The per-request work is the caller's `RequestHandler`, the same one that
 serves `Worker.Generate`; it ends a request early by raising `RequestFailed`.
+An engine that pushes its outputs (`PushEngine`) is served through a
+`RequestStarter` instead: no task per request, each output goes straight
+into the next write.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import grpc
+from tandem.runtime.grpc_util import TOKEN_COLUMNS_METADATA
 from tandem.runtime.pacing import WritePacer
 from tandem.runtime.wire import worker_pb2
 
@@ -45,28 +50,47 @@ class RequestFailed(Exception):
 RequestHandler = Callable[
     [worker_pb2.GenerateRequest, Mapping[str, str]], AsyncIterator[worker_pb2.GenerateResponse]
 ]
+# (response or the fields to build it from, is it the request's last) -> None.
+Emit = Callable[[worker_pb2.GenerateResponse | dict[str, Any], bool], None]
+# (request, trace context, emit) -> a function that aborts it; raises RequestFailed. It never
+# emits before it returned, and emits nothing after the last response or the abort.
+RequestStarter = Callable[[worker_pb2.GenerateRequest, Mapping[str, str], Emit], Callable[[], None]]
 
 
 async def serve_generate_stream(
     requests: AsyncIterator[worker_pb2.StreamRequest],
     context: grpc.aio.ServicerContext,
     handler: RequestHandler,
+    starter: RequestStarter | None = None,
 ) -> None:
     """Serve one GenerateStream call until the client half-closes and every request has ended.
 
+    Requests run through `starter` when given, else each in a task over `handler`.
     If the call itself ends (client gone, channel closed), every request on it
     is cancelled, which aborts it in the engine and frees its blocks.
     """
-    await _StreamSession(context, handler).run(requests)
+    await _StreamSession(context, handler, starter).run(requests)
 
 
 class _StreamSession:
-    def __init__(self, context: grpc.aio.ServicerContext, handler: RequestHandler) -> None:
+    def __init__(
+        self,
+        context: grpc.aio.ServicerContext,
+        handler: RequestHandler,
+        starter: RequestStarter | None,
+    ) -> None:
         self._context = context
         self._handler = handler
+        self._starter = starter
         self._pending = worker_pb2.StreamResponse()
+        # Token columns of the next write (a client that reads them asked in its metadata).
+        self._columns = TOKEN_COLUMNS_METADATA in (context.invocation_metadata() or ())
+        self._token_keys: list[int] = []
+        self._token_ids: list[int] = []
         self._wakeup = asyncio.Event()  # an output is pending, a request ended, or reading ended
-        self._running: dict[int, asyncio.Task[None]] = {}
+        # Each running request's cancel: its task's, or the abort its starter returned.
+        self._running: dict[int, Callable[[], object]] = {}
+        self._pumps: set[asyncio.Task[None]] = set()
 
     async def run(self, requests: AsyncIterator[worker_pb2.StreamRequest]) -> None:
         pacer = WritePacer(MIN_WRITE_INTERVAL_S)
@@ -75,10 +99,14 @@ class _StreamSession:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                if self._pending.outputs:
+                if self._pending.outputs or self._token_keys:
                     await pacer.wait()
                     # Whatever accumulates while this write is in flight goes in the next one.
                     batch, self._pending = self._pending, worker_pb2.StreamResponse()
+                    if self._token_keys:
+                        batch.token_keys.extend(self._token_keys)
+                        batch.token_ids.extend(self._token_ids)
+                        self._token_keys, self._token_ids = [], []
                     await self._write(batch)
                     pacer.flushed()
                     self._wakeup.set()  # look again: more may have come, or all may have ended
@@ -86,10 +114,10 @@ class _StreamSession:
                     return
         finally:
             reader.cancel()
-            tasks = list(self._running.values())
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(reader, *tasks, return_exceptions=True)
+            cancels, self._running = list(self._running.values()), {}
+            for cancel in cancels:
+                cancel()
+            await asyncio.gather(reader, *self._pumps, return_exceptions=True)
 
     async def _write(self, batch: worker_pb2.StreamResponse) -> None:
         outputs = batch.outputs
@@ -97,8 +125,11 @@ class _StreamSession:
             await self._context.write(batch)
             return
         for i in range(0, len(outputs), MAX_OUTPUTS_PER_WRITE):
-            chunk = outputs[i : i + MAX_OUTPUTS_PER_WRITE]
-            await self._context.write(worker_pb2.StreamResponse(outputs=chunk))
+            chunk = worker_pb2.StreamResponse(outputs=outputs[i : i + MAX_OUTPUTS_PER_WRITE])
+            if i == 0:  # the columns come before every output
+                chunk.token_keys.extend(batch.token_keys)
+                chunk.token_ids.extend(batch.token_ids)
+            await self._context.write(chunk)
 
     async def _read(self, requests: AsyncIterator[worker_pb2.StreamRequest]) -> None:
         try:
@@ -107,9 +138,9 @@ class _StreamSession:
                 if action == "start":
                     self._start(msg)
                 elif action == "cancel":
-                    task = self._running.pop(msg.key, None)
-                    if task is not None:
-                        task.cancel()
+                    cancel = self._running.pop(msg.key, None)
+                    if cancel is not None:
+                        cancel()
         finally:
             self._wakeup.set()
 
@@ -118,9 +149,43 @@ class _StreamSession:
         if key in self._running:
             self._end(key, grpc.StatusCode.INVALID_ARGUMENT, f"stream key {key} is already in use")
             return
-        self._running[key] = asyncio.create_task(
+        if self._starter is not None:
+            self._push(key, msg.start, msg.trace_context, self._starter)
+            return
+        task = asyncio.create_task(
             self._pump(key, msg.start, msg.trace_context), name=f"request-{msg.start.request_id}"
         )
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+        self._running[key] = task.cancel
+
+    def _push(
+        self,
+        key: int,
+        request: worker_pb2.GenerateRequest,
+        trace_context: Mapping[str, str],
+        starter: RequestStarter,
+    ) -> None:
+        columns = self._columns
+
+        def emit(response: worker_pb2.GenerateResponse | dict[str, Any], last: bool) -> None:
+            if columns and not last and type(response) is dict:  # only token ids
+                tokens = response["token_ids"]
+                self._token_keys.extend([key] * len(tokens))
+                self._token_ids.extend(tokens)
+            else:
+                self._pending.outputs.add(key=key, response=response)
+            if last:
+                self._running.pop(key, None)
+            self._wakeup.set()
+
+        try:
+            self._running[key] = starter(request, trace_context, emit)
+        except RequestFailed as exc:
+            self._end(key, exc.code, exc.message)
+        except Exception as exc:  # one request's bug must not end the others
+            log.exception("request failed", extra={"request_id": request.request_id})
+            self._end(key, grpc.StatusCode.INTERNAL, f"worker error: {exc}")
 
     async def _pump(
         self, key: int, request: worker_pb2.GenerateRequest, trace_context: Mapping[str, str]
@@ -139,7 +204,9 @@ class _StreamSession:
             log.exception("request failed", extra={"request_id": request.request_id})
             self._end(key, grpc.StatusCode.INTERNAL, f"worker error: {exc}")
         finally:
-            if self._running.get(key) is asyncio.current_task():
+            task = asyncio.current_task()
+            # A bound method compares equal to another of the same task (`is` would not).
+            if task is not None and self._running.get(key) == task.cancel:
                 del self._running[key]
             self._wakeup.set()
 

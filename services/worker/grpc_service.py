@@ -6,6 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 
 import grpc
 from opentelemetry.trace import SpanKind, Tracer
@@ -19,9 +20,10 @@ from .engine import (
     EngineOutput,
     EngineRequest,
     EngineStoppedError,
+    PushEngine,
     SamplingConfig,
 )
-from .generate_stream import RequestFailed, serve_generate_stream
+from .generate_stream import Emit, RequestFailed, serve_generate_stream
 from .kv_publisher import KvEventPublisher
 from .metrics import WorkerMetrics
 
@@ -95,6 +97,73 @@ def to_response(out: EngineOutput) -> worker_pb2.GenerateResponse:
     return resp
 
 
+def response_fields(out: EngineOutput) -> worker_pb2.GenerateResponse | dict[str, Any]:
+    """`out` as what a `StreamOutput.response` is built from: a plain step's tokens as a dict
+    (protobuf builds the sub-message from it at half the cost of a message and its copy)."""
+    if out.finish_reason is None and not out.logprobs and not out.error:
+        return {"token_ids": out.token_ids}
+    return to_response(out)
+
+
+TraceContext = Mapping[str, str] | Iterable[tuple[str, str | bytes]]
+
+
+class _RequestRecord:
+    """One request's metrics, load pokes and span on this worker, from arrival to end."""
+
+    __slots__ = ("_service", "_span", "_start", "_first", "closed")
+
+    def __init__(
+        self,
+        service: WorkerService,
+        request: worker_pb2.GenerateRequest,
+        trace_context: TraceContext,
+    ) -> None:
+        self._service = service
+        tracer = service.tracer
+        self._span = (
+            None
+            if tracer is None
+            else tracer.start_span(
+                "Worker.Generate",
+                context=context_from_metadata(trace_context),
+                kind=SpanKind.SERVER,
+                attributes={
+                    "tandem.request_id": request.request_id,
+                    "tandem.instance_id": service.instance_id,
+                },
+            )
+        )
+        self._start = time.monotonic()
+        self._first = True
+        self.closed = False
+        service.metrics.in_flight.inc()
+        service.on_load_change()
+
+    def output(self, out: EngineOutput) -> None:
+        m = self._service.metrics
+        if self._first and out.token_ids:
+            m.prefill_latency.observe(time.monotonic() - self._start)
+            self._first = False
+        m.num_generated_tokens += len(out.token_ids)
+        if out.finish_reason is not None and out.usage is not None:
+            m.prompt_tokens.inc(out.usage.prompt_tokens)
+            m.cached_tokens.inc(out.usage.cached_tokens)
+
+    def close(self, finish: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        m = self._service.metrics
+        m.in_flight.dec()
+        m.requests.labels(finish).inc()
+        if self._span is not None:
+            self._span.set_attribute("tandem.finish_reason", finish)
+            self._span.end()
+        m.request_latency.observe(time.monotonic() - self._start)
+        self._service.on_load_change()
+
+
 class WorkerService(worker_pb2_grpc.WorkerServicer):
     """Serves one engine; `on_load_change` is called when requests start or end."""
 
@@ -113,7 +182,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self.publisher = publisher
         self.metrics = metrics
         self.ready = False
-        self._on_load_change = on_load_change
+        self.on_load_change = on_load_change
 
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -131,18 +200,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         requests: AsyncIterator[worker_pb2.StreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        await serve_generate_stream(requests, context, self.responses)
+        # An engine that pushes its outputs is served without a task per request.
+        start = self.start if isinstance(self.engine, PushEngine) else None
+        await serve_generate_stream(requests, context, self.responses, start)
 
-    async def responses(
-        self,
-        request: worker_pb2.GenerateRequest,
-        trace_context: Mapping[str, str] | Iterable[tuple[str, str | bytes]],
-    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
-        """One request's responses, for Generate and GenerateStream alike.
-
-        Raises RequestFailed when the request cannot be served here. Closing the
-        iterator early (client cancel) aborts the request and frees its blocks.
-        """
+    def _check(self, request: worker_pb2.GenerateRequest) -> None:
         if not self.ready:
             raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "worker is not serving")
         if request.model and request.model != self.engine.model_name:
@@ -150,55 +212,68 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"model {request.model!r} is not served here ({self.engine.model_name!r})",
             )
+
+    def _rejected(self, request: worker_pb2.GenerateRequest, exc: EngineError) -> RequestFailed:
         extra = {"request_id": request.request_id, "instance_id": self.instance_id}
-        span = (
-            None
-            if self.tracer is None
-            else self.tracer.start_span(
-                "Worker.Generate",
-                context=context_from_metadata(trace_context),
-                kind=SpanKind.SERVER,
-                attributes={
-                    "tandem.request_id": request.request_id,
-                    "tandem.instance_id": self.instance_id,
-                },
-            )
-        )
-        start = time.monotonic()
-        first = True
+        log.info("rejected: %s", exc, extra=extra)
+        return RequestFailed(status_of(exc), str(exc))
+
+    async def responses(
+        self, request: worker_pb2.GenerateRequest, trace_context: TraceContext
+    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        """One request's responses, for Generate (and GenerateStream on a pull engine).
+
+        Raises RequestFailed when the request cannot be served here. Closing the
+        iterator early (client cancel) aborts the request and frees its blocks.
+        """
+        self._check(request)
+        record = _RequestRecord(self, request, trace_context)
         finish = "abort"
-        m = self.metrics
-        m.in_flight.inc()
-        self._on_load_change()
         stream = self.engine.generate(to_engine_request(request))
         try:
             try:
                 async for out in stream:
-                    if first and out.token_ids:
-                        m.prefill_latency.observe(time.monotonic() - start)
-                        first = False
-                    m.generated_tokens.inc(len(out.token_ids))
+                    record.output(out)
                     if out.finish_reason is not None:
                         finish = out.finish_reason
-                        if out.usage is not None:
-                            m.prompt_tokens.inc(out.usage.prompt_tokens)
-                            m.cached_tokens.inc(out.usage.cached_tokens)
                     yield to_response(out)
             except EngineError as exc:
                 finish = "invalid"
-                log.info("rejected: %s", exc, extra=extra)
-                raise RequestFailed(status_of(exc), str(exc)) from None
+                raise self._rejected(request, exc) from None
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()  # on cancel: the engine aborts and frees blocks now
-            m.in_flight.dec()
-            m.requests.labels(finish).inc()
-            if span is not None:
-                span.set_attribute("tandem.finish_reason", finish)
-                span.end()
-            m.request_latency.observe(time.monotonic() - start)
-            self._on_load_change()
+            record.close(finish)
+
+    def start(
+        self, request: worker_pb2.GenerateRequest, trace_context: TraceContext, emit: Emit
+    ) -> Callable[[], None]:
+        """Start one request on a `PushEngine`; its responses go to `emit`. Returns its abort.
+
+        The same checks, metrics and span as `responses()`; raises RequestFailed.
+        """
+        self._check(request)
+        assert isinstance(self.engine, PushEngine)
+        record = _RequestRecord(self, request, trace_context)
+
+        def on_output(out: EngineOutput) -> None:
+            record.output(out)
+            emit(response_fields(out), out.finish_reason is not None)
+            if out.finish_reason is not None:
+                record.close(out.finish_reason)
+
+        try:
+            abort = self.engine.submit(to_engine_request(request), on_output)
+        except EngineError as exc:
+            record.close("invalid")
+            raise self._rejected(request, exc) from None
+
+        def cancel() -> None:
+            abort()  # frees its blocks now
+            record.close("abort")  # no-op once it finished
+
+        return cancel
 
     async def Health(  # noqa: N802
         self, request: worker_pb2.HealthRequest, context: grpc.aio.ServicerContext

@@ -206,13 +206,19 @@ class KvEventPublisher:
                         "kv events %d..%d dropped before publishing (outbox full)",
                         expected,
                         event.event_id - 1,
+                        extra={"instance_id": self.instance_id},
                     )
                 expected = event.event_id + 1
                 if self._transport is not None:
                     try:
                         await self._transport.publish_kv_event(event)
                     except Exception as exc:  # NATS trouble must not stop the engine
-                        log.warning("kv event %d not published: %s", event.event_id, exc)
+                        log.warning(
+                            "kv event %d not published: %s",
+                            event.event_id,
+                            exc,
+                            extra={"instance_id": self.instance_id},
+                        )
                 self._sending = False
             pacer.flushed()
             self._drained.set()

@@ -72,6 +72,8 @@ class LoadReporter:
             try:
                 await self._transport.publish_load(self.snapshot())
             except Exception as exc:  # a NATS hiccup must not stop reporting
-                log.warning("load report not published: %s", exc)
+                log.warning(
+                    "load report not published: %s", exc, extra={"instance_id": self.instance_id}
+                )
             # Rate limit: coalesce the changes of the next `min_interval`.
             await asyncio.sleep(self._min_interval)

@@ -82,7 +82,8 @@ class WorkerMetrics:
         self.cached_tokens = factory.counter(
             "cached_prompt_tokens_total", "Prompt tokens served from the prefix cache."
         )
-        self.generated_tokens = factory.counter("generated_tokens_total", "Tokens generated.")
+        # Counted per output on the hot path: a plain int read at scrape, not a locked Counter.
+        self.num_generated_tokens = 0
         self.prefill_latency = factory.histogram(
             "prefill_latency_seconds", "Request arrival to its first token (queueing + prefill)."
         )
@@ -91,3 +92,16 @@ class WorkerMetrics:
         )
         self.in_flight = factory.gauge("in_flight_requests", "Requests being generated now.")
         self.registry.register(EngineStatsCollector(stats))
+        self.registry.register(_GeneratedTokensCollector(self))
+
+
+class _GeneratedTokensCollector(Collector):
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            metric_name(COMPONENT, "generated_tokens"),
+            "Tokens generated.",
+            value=self._metrics.num_generated_tokens,
+        )

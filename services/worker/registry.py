@@ -17,10 +17,15 @@ EngineFactory = Callable[[Any, KvEventSink | None], BaseEngine]
 
 @dataclass(frozen=True, slots=True)
 class EngineEntry:
-    """Where an engine lives: `module.<config_class>` and `module.create_engine`."""
+    """Where an engine lives: `module.<config_class>` and `module.create_engine`.
+
+    `hosts_many`: several engines of this kind fit in one process (`--num-workers`);
+    an engine that uses every core or a whole GPU does not.
+    """
 
     module: str
     config_class: str
+    hosts_many: bool = False
 
     def load(self) -> tuple[type[Any], EngineFactory]:
         mod = importlib.import_module(self.module)
@@ -29,7 +34,7 @@ class EngineEntry:
 
 ENGINES: dict[str, EngineEntry] = {
     "torch": EngineEntry("tandem.worker.torch_engine", "TorchEngineConfig"),
-    "mocker": EngineEntry("tandem.worker.mocker", "MockerConfig"),
+    "mocker": EngineEntry("tandem.worker.mocker", "MockerConfig", hosts_many=True),
 }
 
 

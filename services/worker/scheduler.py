@@ -171,14 +171,21 @@ class Scheduler(Generic[S]):
 
         Sequences finished while the step ran (aborted) are skipped.
         """
-        bm = self.block_manager
-        for seq, n in [*((s, 1) for s in batch.decodes), *batch.prefills]:
-            if seq.is_running:
+        # Runs once per step over the whole batch: plain loops and `is` checks, no properties.
+        mark_computed = self.block_manager.mark_computed
+        running = SequenceStatus.RUNNING
+        for seq in batch.decodes:
+            if seq.status is running:
+                assert seq.table is not None
+                seq.num_computed_tokens += 1
+                mark_computed(seq.table, seq.token_ids, seq.num_computed_tokens)
+        for seq, n in batch.prefills:
+            if seq.status is running:
                 assert seq.table is not None
                 seq.num_computed_tokens += n
-                bm.mark_computed(seq.table, seq.token_ids, seq.num_computed_tokens)
+                mark_computed(seq.table, seq.token_ids, seq.num_computed_tokens)
         for seq, token in zip(batch.sampled, tokens, strict=True):
-            if seq.is_running:
+            if seq.status is running:
                 reason = seq.append(token)
                 if reason is not None:
                     self.finish(seq, reason)

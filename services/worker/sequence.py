@@ -72,10 +72,12 @@ class Sequence:
 
     def append(self, token: int) -> FinishReason | None:
         """Add a sampled token; returns why the sequence ends here, if it does."""
-        self.token_ids.append(token)
+        token_ids = self.token_ids
+        token_ids.append(token)
         if token in self.stop_token_ids:
             return "stop"
-        if self.num_output_tokens >= self.max_new_tokens or len(self.token_ids) >= self.max_len:
+        num_tokens = len(token_ids)
+        if num_tokens - self.num_prompt_tokens >= self.max_new_tokens or num_tokens >= self.max_len:
             return "length"
         return None
 

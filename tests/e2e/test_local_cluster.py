@@ -39,6 +39,7 @@ def test_tandem_up_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> Non
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tandem.launcher.cli", "up", "--engine", "mocker", "--workers", "2",
+             "--workers-per-process", "1",  # two worker processes, however many cores
              "--http-port", str(port), "--http-host", "127.0.0.1", "--speedup-ratio", "50"],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from tandem.launcher.local_infra import LocalInfra
+from tandem.launcher.mooncake_trace import TraceRecord
 
 from tests.e2e.openai_cluster import MODEL, Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import trace_replay  # noqa: E402 - bench/ is not a package
-from mooncake_trace import TraceRecord  # noqa: E402
 
 BLOCK_TOKENS = 32
 NUM_GROUPS = 3

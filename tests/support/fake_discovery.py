@@ -60,6 +60,7 @@ class FakeDiscovery:
         self.cards: dict[str, dict[str, Any]] = {}
         self.views: list[FakeInstanceSet] = []
         self.events: list[str] = []
+        self.card_lookups = 0  # get_model_card calls
 
     def add_worker(self, instance_id: str, model: str, total_blocks: int = 1000) -> InstanceInfo:
         """Register a worker of `model` (and a card for it, as a real worker does)."""
@@ -87,6 +88,7 @@ class FakeDiscovery:
         return view
 
     async def get_model_card(self, model: str) -> dict[str, Any] | None:
+        self.card_lookups += 1
         return self.cards.get(model)
 
     async def list_models(self) -> dict[str, dict[str, Any]]:

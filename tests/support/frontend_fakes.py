@@ -1,4 +1,5 @@
-"""Fakes for frontend tests: a scripted worker behind real gRPC, a list router, a model."""
+"""Fakes for frontend tests: a scripted worker behind real gRPC, a list router, a model and
+the registry of a frontend serving only it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 
 import grpc
+from tandem.frontend.errors import ModelNotFoundError
 from tandem.frontend.models import ServedModel
 from tandem.router.api import BaseRouter, NoWorkersError, RouteResult
 from tandem.runtime.model_card import ModelCard
@@ -120,3 +122,24 @@ def model_for(tokenizer: Tokenizer, router: BaseRouter, name: str = "m") -> Serv
         name=name, model_path="", context_length=8192, block_size=16, eos_token_ids=(2,)
     )
     return ServedModel(name, card, tokenizer, workers=[], router=router)  # type: ignore[arg-type]
+
+
+class OneModel:
+    """The model registry of a frontend serving one model (no etcd: other names are 404)."""
+
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
+
+    def get(self, name: str) -> ServedModel | None:
+        return self.model if name == self.model.name else None
+
+    async def lookup(self, name: str) -> ServedModel:
+        if name != self.model.name:
+            raise ModelNotFoundError(f"The model '{name}' does not exist.", param="model")
+        return self.model
+
+    def served(self) -> list[ServedModel]:
+        return [self.model]
+
+    def known(self) -> list[ServedModel]:
+        return [self.model]

@@ -2,7 +2,9 @@
 
 Everything runs on the event loop: a step does no compute, it only sleeps the
 modelled step time, so one asyncio task per engine is enough and hundreds of
-mocker workers fit on one machine.
+mocker workers fit on one machine. After each step the loop hands every
+sampled sequence's output to its request's listener (`PushEngine`): no task
+wakes per request and token.
 
 Generated tokens are pseudo-random ids in [0, vocab_size), never EOS: without
 a stop token a request runs to `max_tokens` (or the context length), which is
@@ -14,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
 from tandem.runtime.model_card import ModelCard
 from tandem.runtime.tasks import cancel_and_wait
 
 from ..admission import EngineLimits, admit
-from ..engine import BaseEngine, EngineOutput, EngineRequest, EngineStats
+from ..engine import EngineRequest, EngineStats, OutputListener, PushEngine
 from ..kv_event_sink import KvEventSink
 from ..scheduler import ScheduledBatch, Scheduler
 from .config import MockerConfig
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 _EMA = 0.1  # weight of the newest step in the step-time averages
 
 
-class MockerEngine(BaseEngine):
+class MockerEngine(PushEngine):
     """Owns the simulated KV cache, the scheduler and the step loop task."""
 
     def __init__(self, config: MockerConfig, sink: KvEventSink | None = None) -> None:
@@ -75,27 +77,25 @@ class MockerEngine(BaseEngine):
         await cancel_and_wait(self._task)
         self._task = None
         sched = self.scheduler
-        for seq in [*sched.running, *sched.waiting]:
+        ended = [*sched.running, *sched.waiting]
+        for seq in ended:
             sched.finish(seq, "abort")
-            seq.event.set()
+        self._deliver(ended)
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    def submit(self, request: EngineRequest, listener: OutputListener) -> Callable[[], None]:
         seq = self.new_sequence(request)
-        if not seq.is_finished:  # finished already: a migrated request with nothing left
+        seq.listener = listener
+        if seq.is_finished:  # a migrated request with nothing left: its one final output
+            asyncio.get_running_loop().call_soon(self._deliver, [seq])
+        else:
             self.scheduler.add(seq)
             self._wake.set()
-        try:
-            while True:
-                if not seq.has_output:
-                    seq.event.clear()
-                    await seq.event.wait()
-                out = seq.take_output()
-                if out.token_ids or out.finish_reason is not None:
-                    yield out
-                if out.finish_reason is not None:
-                    return
-        finally:
+
+        def abort() -> None:
+            seq.listener = None
             self.scheduler.finish(seq, "abort")  # no-op once it has finished
+
+        return abort
 
     def stats(self) -> EngineStats:
         return self.scheduler.stats(self._prefill_avg, self._decode_avg)
@@ -146,9 +146,29 @@ class MockerEngine(BaseEngine):
             await asyncio.sleep(max(deadline - loop.time(), 0.0))
             deadline = max(deadline, loop.time() - seconds)
             # Requests aborted during the sleep draw a token nobody reads; postprocess drops it.
-            sched.postprocess(batch, [seq.draw_token() for seq in batch.sampled])
-            for seq in batch.sampled:
-                seq.event.set()
+            sampled = batch.sampled
+            sched.postprocess(batch, [seq.draw_token() for seq in sampled])
+            self._deliver(sampled)
+
+    def _deliver(self, seqs: list[MockSequence]) -> None:
+        """Hand each sequence's new output to its listener (the last one detaches it)."""
+        for seq in seqs:
+            listener = seq.listener
+            # has_output, inlined: this runs for every sequence of every step.
+            if listener is None or (
+                len(seq.token_ids) - seq.num_prompt_tokens <= seq.num_delivered
+                and seq.finish_reason is None
+            ):
+                continue
+            out = seq.take_output()
+            if out.finish_reason is not None:
+                seq.listener = None
+            try:
+                listener(out)
+            except Exception:  # one request's consumer must not stop every other request
+                log.exception("output listener failed", extra={"request_id": seq.request_id})
+                seq.listener = None
+                self.scheduler.finish(seq, "abort")
 
     def _record(self, batch: ScheduledBatch[MockSequence], seconds: float) -> None:
         if batch.prefills:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass, field
 
 import numpy as np
 import xxhash
 
-from ..engine import EngineOutput, EngineRequest, TokenLogprob
+from ..engine import EngineOutput, EngineRequest, OutputListener, TokenLogprob
 from ..sequence import Sequence
 
 # Alternatives in fake top-logprobs are spread by this prime so they are distinct ids.
@@ -32,14 +31,14 @@ def token_rng(request: EngineRequest) -> random.Random:
 
 @dataclass(slots=True, eq=False, kw_only=True)
 class MockSequence(Sequence):
-    """A `Sequence` plus what the mocker's step loop and `generate()` consumer share."""
+    """A `Sequence` plus its fake-token generator and where its outputs go."""
 
     rng: random.Random
     vocab_size: int
     banned_ids: frozenset[int]  # never generated (EOS)
     num_delivered: int = 0  # output tokens already handed to the consumer
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
-    event: asyncio.Event = field(default_factory=asyncio.Event)
+    listener: OutputListener | None = None  # None once it ended or was aborted
 
     @property
     def has_output(self) -> bool:

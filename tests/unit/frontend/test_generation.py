@@ -19,7 +19,7 @@ from tandem.frontend.errors import (
 from tandem.frontend.generation import Generator
 from tandem.frontend.job import GenerationJob, StepOutput, Usage
 from tandem.frontend.metrics import FrontendMetrics
-from tandem.frontend.openai_schema import SamplingOptions
+from tandem.frontend.request_types import SamplingOptions
 from tandem.frontend.worker_client import WorkerClientPool
 from tandem.runtime.tokenizer import Tokenizer
 from tandem.runtime.wire import worker_pb2

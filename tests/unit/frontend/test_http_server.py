@@ -12,34 +12,17 @@ import pytest
 from tandem.frontend.generation import Generator
 from tandem.frontend.http_server import OpenAIServer
 from tandem.frontend.metrics import FrontendMetrics
-from tandem.frontend.models import ServedModel
 from tandem.frontend.worker_client import WorkerClientPool
 from tandem.runtime.tokenizer import Tokenizer
 from tandem.runtime.wire import worker_pb2
 
-from tests.support.frontend_fakes import FakeWorker, ListRouter, model_for
+from tests.support.frontend_fakes import FakeWorker, ListRouter, OneModel, model_for
 
 CONTEXT_MESSAGE = (
     "This model's maximum context length is 8192 tokens. However, you requested 9001 tokens "
     "(1 in the messages, 9000 in the completion). Please reduce the length of the messages or "
     "completion."
 )
-
-
-class OneModel:
-    """The registry of a frontend serving one model."""
-
-    def __init__(self, model: ServedModel) -> None:
-        self.model = model
-
-    def get(self, name: str) -> ServedModel | None:
-        return self.model if name == self.model.name else None
-
-    def served(self) -> list[ServedModel]:
-        return [self.model]
-
-    def known(self) -> list[ServedModel]:
-        return [self.model]
 
 
 class Api:

@@ -1,13 +1,19 @@
-"""ModelRegistry: models appear as their workers register; every model's router reports metrics."""
+"""ModelRegistry: models appear as their workers register; every model's router reports metrics;
+a model about to be served is 503 with Retry-After, an unknown one 404."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 from tandem.frontend.config import FrontendConfig
+from tandem.frontend.errors import RETRY_AFTER_SECONDS, FrontendError
 from tandem.frontend.models import ModelRegistry
 from tandem.router.remote import RemoteRouter
+from tandem.runtime.tokenizer import Tokenizer
 
 from tests.support.fake_discovery import FakeDiscovery
 
@@ -60,4 +66,53 @@ async def test_with_router_url_every_model_goes_to_the_router_service():
         assert sorted(r.model for r in routers) == ["model-a", "model-b"]  # type: ignore[attr-defined]
         assert registry.get_sample_value("tandem_router_prompt_blocks_total") is None
     finally:
+        await models.stop()
+
+
+async def test_a_model_about_to_be_served_is_503_with_retry_after_until_then_404(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    discovery = FakeDiscovery()
+    discovery.add_worker("a1", "model-a")
+    discovery.cards["model-c"] = {"name": "model-c", "model_path": "", "context_length": 8,
+                                  "block_size": 16}  # fmt: skip  # a card, no worker yet
+    # The tokenizer load waits for the test: the window right after a (re)start.
+    loaded = threading.Event()
+    from_path = Tokenizer.from_path
+
+    def slow_from_path(path: str, **kwargs: Any) -> Tokenizer:
+        loaded.wait(30)
+        return from_path(path, **kwargs)
+
+    monkeypatch.setattr(Tokenizer, "from_path", slow_from_path)
+    config = FrontendConfig(model_name="model-b")  # named, no --model-path: no worker yet
+    models = ModelRegistry(config, discovery, None, CollectorRegistry())  # type: ignore[arg-type]
+
+    async def status(name: str) -> int:
+        try:
+            await models.lookup(name)
+        except FrontendError as exc:
+            if exc.status == 503:
+                assert exc.headers() == {"Retry-After": str(RETRY_AFTER_SECONDS)}
+            return exc.status
+        return 200
+
+    try:
+        assert await status("typo") == 503  # not started: nothing is known yet
+        await models.start()
+        for name in ("model-a", "model-b", "model-c", "typo"):
+            assert await status(name) == 503, name  # the models found at start still load
+        loaded.set()
+        async with asyncio.timeout(60):
+            while models.get("model-a") is None:
+                await asyncio.sleep(0.01)
+        assert [await status(n) for n in ("model-a", "model-b", "model-c", "typo")] == [
+            200, 503, 503, 404]  # fmt: skip
+        del discovery.cards["model-c"]  # its workers are gone for good
+        assert await status("model-c") == 404
+        lookups = discovery.card_lookups
+        assert await status("x" * 100_000) == 404  # no model is named this long
+        assert discovery.card_lookups == lookups  # answered without asking etcd
+    finally:
+        loaded.set()
         await models.stop()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from tandem.frontend.endpoints import ChatEndpoint, CompletionEndpoint
 from tandem.frontend.errors import (
     FrontendError,
     InvalidRequestError,
@@ -12,11 +14,25 @@ from tandem.frontend.errors import (
     MalformedJsonError,
     UnsupportedParameterError,
 )
-from tandem.frontend.json_fields import parse_json_body
-from tandem.frontend.openai_schema import ChatMessage
-from tandem.frontend.validation import parse_chat_request, parse_completion_request
+from tandem.frontend.request_types import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+)
 
 MSG = [{"role": "user", "content": "hi"}]
+
+
+def parse_chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
+    return ChatEndpoint().parse(json.dumps(body).encode())
+
+
+def parse_completion_request(body: dict[str, Any]) -> CompletionRequest:
+    return CompletionEndpoint().parse(json.dumps(body).encode())
+
+
+def parse_chat_request_raw(raw: bytes) -> ChatCompletionRequest:
+    return ChatEndpoint().parse(raw)
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -99,7 +115,7 @@ def test_completion_prompt_forms() -> None:
 )
 def test_malformed_json(raw: bytes, message: str) -> None:
     with pytest.raises(MalformedJsonError, match=message) as info:
-        parse_json_body(raw)
+        ChatEndpoint().parse(raw)
     assert info.value.status == 400
 
 
@@ -231,6 +247,81 @@ def test_completion_errors(
         parse_completion_request(body)
     assert info.value.status == status
     assert info.value.param == param
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"messages": MSG}, "Missing required parameter: 'model'."),
+        (
+            chat(max_tokens="5"),
+            "Invalid type for 'max_tokens': expected an integer, but got string instead.",
+        ),
+        (
+            chat(stop=5),
+            "Invalid type for 'stop': expected a string or an array of strings, "
+            "but got integer instead.",
+        ),
+        (chat(max_tokens=0), "0 is less than the minimum of 1 - 'max_tokens'"),
+        (chat(temperature=2.5), "2.5 is greater than the maximum of 2.0 - 'temperature'"),
+        (chat(wat=1), "Unrecognized request argument supplied: wat"),
+        (chat(n=3), "Only n=1 is supported."),
+        (chat(presence_penalty=1), "'presence_penalty' is not supported by this server."),
+        (
+            chat(messages=[{"role": "wizard", "content": "x"}]),
+            "Invalid value: 'wizard'. Supported values are: "
+            "'system', 'developer', 'user', 'assistant'.",
+        ),
+        (chat(messages=[{"role": "user"}]), "Missing required parameter: 'messages[0].content'."),
+    ],
+)
+def test_error_messages(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(FrontendError) as info:
+        parse_chat_request(body)
+    assert info.value.message == message
+
+
+def test_json_schema_leniencies() -> None:
+    # 16.0 is an integer in JSON Schema (the published schema), and null is "not given".
+    req = parse_chat_request(chat(max_tokens=16.0, stream=None, temperature=None))
+    assert req.sampling.max_tokens == 16 and not req.stream and req.sampling.temperature == 1.0
+    assert parse_completion_request(completion(prompt=[1.0, 2])).prompt == (1, 2)
+    with pytest.raises(InvalidRequestError) as info:
+        parse_chat_request(chat(stop=""))  # would stop every answer at once
+    assert info.value.param == "stop"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        b'{"model": "m", "messages": [{"role": "user", "content": "\xed\xa0\x80"}]}',
+        b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"model": "m", "messages": [], "user": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"model": "m", "messages": [], "seed": ' + b"1" * 5000 + b"}",
+    ],
+)
+def test_pathological_json_is_a_400(raw: bytes) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        parse_chat_request_raw(raw)
+    assert info.value.status == 400 and info.value.message
+
+
+def test_a_lone_surrogate_names_its_field() -> None:
+    # Python's json reads "\ud800" as a str no UTF-8 can encode: it once reached the
+    # tokenizer and was a 500.
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "a\\ud800"}]}'
+    with pytest.raises(InvalidRequestError) as info:
+        parse_chat_request_raw(raw)
+    assert (info.value.status, info.value.param, info.value.code) == (
+        400,
+        "messages[0].content",
+        "invalid_value",
+    )
+    assert "surrogate" in info.value.message
+    with pytest.raises(InvalidRequestError) as info:
+        CompletionEndpoint().parse(b'{"model": "m", "prompt": "x", "stop": ["\\udc00"]}')
+    assert info.value.param == "stop"
 
 
 def _random_value(rng: Any, depth: int = 0) -> Any:

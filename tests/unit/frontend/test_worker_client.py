@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import grpc
 import pytest
 from tandem.frontend.worker_client import RequestStream, WorkerStreamError
@@ -57,3 +60,19 @@ async def test_an_error_is_not_merged_and_ends_the_stream() -> None:
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
+
+
+async def test_an_error_leaves_no_reference_cycle_behind() -> None:
+    # A cycle (error -> traceback -> frame -> error) would hold the request, prompt and all,
+    # until a full collection, which a serving process runs rarely (tune_gc).
+    stream = RequestStream(RecordingSession(), 3)  # type: ignore[arg-type]
+    stream.deliver(WorkerStreamError(grpc.StatusCode.OUT_OF_RANGE, "prompt too long"))
+    gc.disable()
+    try:
+        with pytest.raises(WorkerStreamError) as err:
+            await anext(stream)
+        error = weakref.ref(err.value)
+        del err
+        assert error() is None
+    finally:
+        gc.enable()

@@ -136,3 +136,15 @@ def test_children_keep_their_environment_and_up_flags_still_win(
 
     worker, _ = parse_args(worker_argv(up.worker_config(runtime), []))
     assert (worker.load_report_interval, worker.log_level) == (5.0, "INFO")
+
+
+def test_the_frontend_gets_its_api_keys_in_its_environment_never_on_its_command_line() -> None:
+    from tandem.launcher.up import frontend_spec
+
+    up = parse_config(UpConfig, ["--api-key", "sk-one,sk-two", "--api-key", "sk-three"])
+    spec = frontend_spec(up.frontend_config(up.runtime(nats="nats://h:1", etcd="http://h:2")))
+    assert not any("sk-" in arg for arg in spec.argv)
+    assert spec.env == {"TANDEM_API_KEY": "sk-one,sk-two,sk-three"}
+    frontend = parse_config(FrontendConfig, spec.argv[3:], environ=spec.env)
+    assert frontend.api_key == ["sk-one", "sk-two", "sk-three"]
+    assert "sk-one" not in repr(up) + repr(frontend)

@@ -49,3 +49,12 @@ def test_temperature_samples_by_softmax():
     warm = Counter(choose(cands, 10, temperature=10.0, rng=rng) for _ in range(2000))
     assert hot["a"] > 1900  # near-greedy
     assert 800 < warm["b"] < 1200  # near-uniform
+
+
+def test_a_hit_outweighs_the_decode_load_of_a_dozen_short_requests():
+    """Computing a block also stalls every sequence decoding on the worker, so a hit is
+    kept against up to 16 blocks of extra decode load per block it saves.
+    At 8 (the stall left out), busy workers' decode jitter scattered conversations at high
+    concurrency; here the worker holding all 10 blocks wins despite 120 more decode blocks."""
+    assert choose([Candidate("a", 10, 0, 120), Candidate("b", 0, 0, 0)], 10) == "a"
+    assert choose([Candidate("a", 10, 0, 170), Candidate("b", 0, 0, 0)], 10) == "b"

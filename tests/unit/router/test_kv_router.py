@@ -7,7 +7,8 @@ from router_fakes import FakeWorkers
 from tandem.router.api import NoWorkersError, RouterBusyError
 from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
-from tandem.runtime.block_hash import sequence_hashes
+from tandem.runtime import block_hash
+from tandem.runtime.block_hash import FIRST_LAZY_BLOCKS, sequence_hashes
 
 BS = 16
 
@@ -124,3 +125,36 @@ async def test_routing_the_same_request_again_counts_it_once():
     assert router.load.load(first.instance_id) == (0, 0)
     router.free("r1")
     assert len(router.load) == 0
+
+
+async def test_a_prompt_nobody_holds_is_hashed_only_as_far_as_the_walk_reads(monkeypatch):
+    workers = FakeWorkers("a", "b")
+    router = kv_router(workers)
+    cached = prompt(11, 250)
+    router.index.store("b", sequence_hashes(cached, BS)[:100])
+    chained: list[int] = []  # blocks per call of the chain step
+    chain = block_hash._chain
+
+    def counting_chain(local: list[int], parent: int | None, seed: int) -> list[int]:
+        chained.append(len(local))
+        return chain(local, parent, seed)
+
+    monkeypatch.setattr(block_hash, "_chain", counting_chain)
+    cold = await router.route("r1", prompt(12, 250))
+    assert (cold.overlap_blocks, cold.prompt_blocks) == (0, 250)
+    assert chained == [FIRST_LAZY_BLOCKS]  # the walk ended at the first block
+    router.free("r1")
+    warm = await router.route("r2", cached)
+    assert (warm.instance_id, warm.overlap_blocks, warm.prompt_blocks) == ("b", 100, 250)
+
+
+async def test_approximate_mode_remembers_every_block_of_a_long_prompt():
+    """The prompt's hashes are completed for the prediction even where the walk read few."""
+    workers = FakeWorkers("a", "b")
+    router = kv_router(workers, kv_events=False)
+    tokens = prompt(13, 100)
+    first = await router.route("r1", tokens)
+    assert first.overlap_blocks == 0
+    router.free("r1")
+    again = await router.route("r2", tokens)
+    assert (again.instance_id, again.overlap_blocks) == (first.instance_id, 100)

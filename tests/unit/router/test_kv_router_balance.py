@@ -8,6 +8,7 @@ from collections import Counter
 from router_fakes import FakeWorkers
 from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
+from tandem.runtime.block_hash import sequence_hashes
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
 
 BS = 16
@@ -81,3 +82,15 @@ async def test_requests_that_replace_finished_ones_go_back_to_their_worker():
     for rid in finished[:8]:
         router.free(rid)
     assert await route_many(router, 256, 8) == {"w3": 8}
+
+
+async def test_a_nearly_full_worker_keeps_the_requests_whose_prefix_it_holds():
+    """Memory-tight workers: a conversation's worker is often nearly full with that
+    conversation's own blocks when its next turn comes. By default a worker below its
+    full pool still takes it (the engine admits it there), instead of sending the turn
+    to an idle worker to recompute the prefix; 0.95 sent it away at 96 % usage."""
+    router = KvRouter(RoutingConfig(), FakeWorkers("a", "b", total_blocks=1000), clock=Clock())
+    turn = [7_000 + k for k in range(40 * BS)]
+    router.index.store("a", sequence_hashes(turn, BS))
+    await router._on_load(LoadMetrics(instance_id="a", active_blocks=960, total_blocks=1000))
+    assert (await router.route("r", turn + [1, 2, 3], max_tokens=32)).instance_id == "a"

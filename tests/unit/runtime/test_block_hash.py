@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import random
 import struct
+from itertools import islice
 
 import numpy as np
 import pytest
 import xxhash
+from tandem.runtime import block_hash
 from tandem.runtime.block_hash import (
     BLOCK_HASH_SEED,
+    FIRST_LAZY_BLOCKS,
+    LazySequenceHashes,
     chain_hash,
     hash_blocks,
     local_block_hash,
@@ -184,3 +188,61 @@ def test_a_token_id_outside_u32_is_refused_in_full_blocks_only() -> None:
     assert sequence_hashes(tokens + [-1], 16) == sequence_hashes(tokens, 16)
     with pytest.raises(OverflowError):
         sequence_hashes([1 << 32] + tokens, 16)
+
+
+@pytest.mark.parametrize("num_blocks", [63, 64, 65, 128, 130])
+def test_blocks_cut_in_struct_chunks_equal_the_plain_definition(num_blocks: int) -> None:
+    """The packed buffer is cut 64 blocks per struct call, and the remainder with another."""
+    rng = random.Random(num_blocks)
+    tokens = [rng.randrange(0, 1 << 32) for _ in range(num_blocks * 4 + 3)]
+    assert hash_blocks(tokens, 4) == plain_definition(tokens, 4)
+
+
+def test_lazy_hashes_equal_the_eager_ones_however_they_are_read() -> None:
+    rng = random.Random(5)
+    tokens = [rng.randrange(0, 200_000) for _ in range(16 * 100 + 9)]
+    eager = sequence_hashes(tokens, 16)
+    assert list(LazySequenceHashes(tokens, 16)) == eager
+    lazy = LazySequenceHashes(tokens, 16)
+    assert len(lazy) == 100
+    assert list(islice(lazy, 5)) == eager[:5]
+    assert list(lazy) == eager  # read again: from the start, the kept hashes first
+    assert LazySequenceHashes(tokens, 16).all() == eager
+    assert LazySequenceHashes(np.array(tokens), 16).all() == eager
+    assert list(LazySequenceHashes(tokens, 16, seed=42)) == sequence_hashes(tokens, 16, 42)
+    assert list(LazySequenceHashes(tokens[:15], 16)) == []
+
+
+def test_lazy_hashes_read_by_two_iterators_at_once() -> None:
+    """Another iterator hashing further in between must neither skip nor repeat blocks."""
+    tokens = list(range(16 * 80))
+    lazy = LazySequenceHashes(tokens, 16)
+    first, second = iter(lazy), iter(lazy)
+    head = [next(first) for _ in range(3)]
+    assert list(second) == sequence_hashes(tokens, 16)
+    assert head + list(first) == sequence_hashes(tokens, 16)
+
+
+def test_lazy_hashes_hash_only_the_first_chunk_until_read_further(monkeypatch) -> None:
+    calls: list[int] = []
+    chain = block_hash._chain
+
+    def counting_chain(local: list[int], parent: int | None, seed: int) -> list[int]:
+        calls.append(len(local))
+        return chain(local, parent, seed)
+
+    tokens = list(range(16 * 250))
+    expected = sequence_hashes(tokens, 16)
+    monkeypatch.setattr(block_hash, "_chain", counting_chain)
+    lazy = LazySequenceHashes(tokens, 16)
+    assert next(iter(lazy)) == expected[0]
+    assert calls == [FIRST_LAZY_BLOCKS]
+    assert lazy.all() == expected
+    assert calls == [FIRST_LAZY_BLOCKS, 250 - FIRST_LAZY_BLOCKS]
+
+
+def test_lazy_hashes_refuse_bad_input_at_once() -> None:
+    with pytest.raises(OverflowError):
+        LazySequenceHashes([1 << 32] + list(range(31)), 16)
+    with pytest.raises(ValueError):
+        LazySequenceHashes(list(range(32)), 0)

@@ -117,3 +117,12 @@ def test_nested_configs_are_flat_flags_with_the_outer_defaults(
     assert "--batching" not in text
     assert "--max-num-seqs MAX_NUM_SEQS Batch size. [env TANDEM_MAX_NUM_SEQS; default: 256]" in text
     assert "--prefix-caching, --no-prefix-caching" in text
+
+
+def test_a_list_flag_adds_up_when_repeated() -> None:
+    config = parse_config(_ServiceConfig, ["--tiers", "a,b", "--tiers", "c"], environ={})
+    assert config.tiers == ["a", "b", "c"]
+    # A flag still replaces the environment's list rather than adding to it.
+    assert parse_config(_ServiceConfig, ["--tiers", "c"], environ={"TANDEM_TIERS": "a"}).tiers == [
+        "c"
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from tandem.runtime.config import config_to_argv, option, parse_config
+from tandem.runtime.config import config_to_argv, option, parse_config, secret_environ
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,3 +85,24 @@ def test_a_value_the_childs_environment_would_override_is_passed() -> None:
     argv = config_to_argv(Sample(count=1, name="a"), omit=("token",), environ=environ)
     assert argv == ["--count", "1"]
     assert parse_config(Sample, argv, environ=environ).count == 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WithSecrets:
+    """A config holding keys a child must not get on its command line."""
+
+    name: str = option("a", "A name.")
+    keys: list[str] = option(default_factory=list, help="Keys.", secret=True)
+
+
+def test_secrets_travel_in_the_environment_never_on_argv_or_in_repr() -> None:
+    config = WithSecrets(name="b", keys=["sk-one", "sk-two"])
+    argv = config_to_argv(config, environ={})
+    assert argv == ["--name", "b"]
+    environ = secret_environ(config)
+    assert environ == {"TANDEM_KEYS": "sk-one,sk-two"}
+    assert parse_config(WithSecrets, argv, environ=environ) == config
+    assert "sk-one" not in repr(config)
+    with pytest.raises(ValueError) as error:
+        secret_environ(WithSecrets(keys=["sk,one"]))
+    assert "sk,one" not in str(error.value)  # an error message never shows a key

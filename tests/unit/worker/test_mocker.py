@@ -189,3 +189,39 @@ async def test_migrated_request_counts_earlier_tokens_as_output(engine: MockerEn
     assert len(tokens_of(outs)) == 7
     assert outs[-1].usage is not None
     assert (outs[-1].usage.prompt_tokens, outs[-1].usage.completion_tokens) == (20, 10)
+
+
+async def test_submit_pushes_each_step_and_an_abort_frees_the_blocks_and_stops_it(
+    engine: MockerEngine,
+) -> None:
+    pulled = tokens_of(await run(engine, request("pull", list(range(1, 40)), max_tokens=12)))
+    pushed: list[EngineOutput] = []
+    done = asyncio.Event()
+
+    def listener(out: EngineOutput) -> None:
+        pushed.append(out)
+        if out.finish_reason is not None:
+            done.set()
+
+    engine.submit(request("push", list(range(1, 40)), max_tokens=12), listener)
+    assert not pushed  # never called before submit returned
+    await asyncio.wait_for(done.wait(), 10)
+    assert tokens_of(pushed) == pulled  # the same tokens as generate() (greedy, same prompt)
+    assert all(len(o.token_ids) == 1 for o in pushed)  # one output per step
+    assert pushed[-1].finish_reason == "length" and pushed[-1].usage is not None
+
+    stopped: list[EngineOutput] = []
+    first = asyncio.Event()
+
+    def on_stopped(out: EngineOutput) -> None:
+        stopped.append(out)
+        first.set()
+
+    abort = engine.submit(request("stopped", list(range(100, 140)), max_tokens=0), on_stopped)
+    await asyncio.wait_for(first.wait(), 10)
+    abort()
+    seen = len(stopped)
+    assert engine.stats().active_blocks == 0  # freed at once
+    witness = await run(engine, request("witness", list(range(200, 240)), max_tokens=20))
+    assert len(tokens_of(witness)) == 20  # twenty steps later...
+    assert len(stopped) == seen  # ...nothing more came for the aborted one

@@ -1,4 +1,4 @@
-"""bench/mooncake_trace.py: trace records and the token ids their hash ids stand for."""
+"""tandem.launcher.mooncake_trace: trace records and the token ids their hash ids stand for."""
 
 from __future__ import annotations
 
@@ -8,11 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[3] / "bench"
-sys.path.insert(0, str(BENCH))
-
-from mooncake_trace import (  # noqa: E402 - bench/ is not a package
+from tandem.launcher.mooncake_trace import (
     FIRST_TOKEN_ID,
     TraceRecord,
     block_token_ids,
@@ -98,11 +94,9 @@ def test_token_ids_stay_within_the_vocabulary_and_off_the_special_ids() -> None:
 
 def test_blocks_are_the_same_in_another_process_and_change_with_the_seed() -> None:
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import mooncake_trace as m; "
+        "import tandem.launcher.mooncake_trace as m; "
         "print(list(m.block_token_ids(12345, 64, 49152, 7)))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(BENCH)], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == list(block_token_ids(12345, 64, 49152, 7))
     assert block_token_ids(12345, 64, 49152, 8) != block_token_ids(12345, 64, 49152, 7)

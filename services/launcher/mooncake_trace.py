@@ -7,19 +7,20 @@ content. `prompt_token_ids` makes that true of real token ids: each hash id
 maps, deterministically, to its own block of ids, so requests that share
 leading hash ids share a token prefix and a prefix cache really hits.
 
-Used by `bench/trace_replay.py`; kept free of any cluster code so a fleet
-simulator can read the same traces.
+Used by the live replay (`bench/trace_replay.py`) and the fleet simulator
+(`fleet_sim.py`), so both read a trace into the same requests.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 # Mooncake's block size: one hash id covers this many prompt tokens.
 DEFAULT_BLOCK_TOKENS = 512
@@ -90,9 +91,10 @@ def block_token_ids(
     if block_tokens < 2:
         raise ValueError("block_tokens must be at least 2")
     rng = random.Random((seed << 64) | hash_id)
-    words = array("I", rng.randbytes(4 * (block_tokens - 2)))
+    # Native-order u32 words, vectorised (a long trace builds millions of these ids).
+    words = np.frombuffer(rng.randbytes(4 * (block_tokens - 2)), dtype=np.uint32)
     head = (FIRST_TOKEN_ID + hash_id % span, FIRST_TOKEN_ID + (hash_id // span) % span)
-    return head + tuple(FIRST_TOKEN_ID + w % span for w in words)
+    return head + tuple((words % span + FIRST_TOKEN_ID).tolist())
 
 
 def prompt_token_ids(

@@ -1,0 +1,208 @@
+"""One simulated mocker worker: the real scheduler and block manager, stepped on simulated time.
+
+A `SimWorker` is what a mocker worker process is to the router, without the
+process: the `MockerEngine`'s own `Scheduler` and `BlockManager` (so it
+batches, chunks, caches, evicts and preempts as a live mocker does), steps
+that end after their modelled time on the loop's clock (the mocker's step
+loop, with no timer error), its KV events applied to the router's
+index by an `IndexFeed`, and the worker's real `LoadReporter`. Run it on a
+`SimulatedTimeLoop` (sim_loop.py); on a real loop it is a mocker worker
+without gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+from tandem.router.radix_index import RadixIndex
+from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.pacing import WritePacer
+from tandem.runtime.tasks import cancel_and_wait
+from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
+from tandem.worker.engine import EngineRequest
+from tandem.worker.kv_publisher import MIN_FLUSH_INTERVAL_S
+from tandem.worker.load_reporter import LoadReporter
+from tandem.worker.mocker import MockerConfig, MockerEngine
+from tandem.worker.mocker.sequence import MockSequence
+from tandem.worker.scheduler import ScheduledBatch
+
+OutputCallback = Callable[[MockSequence, float], None]
+"""Called after each step for every sequence that got a token: (sequence, time)."""
+
+
+class IndexFeed:
+    """Owns one worker's KV events on their way to a router's index (a `KvEventSink`).
+
+    Events are applied with the index methods the router's KvEventFollower
+    applies them with, in order, and at the pace the worker's publisher sends
+    them: everything since the last flush at once, at most once per
+    MIN_FLUSH_INTERVAL_S, so the index lags the cache as it does live (less the
+    network).
+    """
+
+    def __init__(self, index: RadixIndex, worker: str) -> None:
+        self._index = index
+        self._worker = worker
+        # (stored?, hashes) in order; None for a clear. Evictions come one block at a
+        # time, so consecutive removals share one entry.
+        self._pending: list[tuple[bool, list[int]] | None] = []
+        self._wake = asyncio.Event()
+
+    def stored(self, parent_hash: int | None, blocks: list[tuple[int, int]]) -> None:
+        self._pending.append((True, [seq_hash for seq_hash, _ in blocks]))
+        self._wake.set()
+
+    def removed(self, block_hashes: list[int]) -> None:
+        pending = self._pending
+        last = pending[-1] if pending else None
+        if last is not None and not last[0]:
+            last[1].extend(block_hashes)
+        else:
+            pending.append((False, list(block_hashes)))
+        self._wake.set()
+
+    def cleared(self) -> None:
+        self._pending.append(None)
+        self._wake.set()
+
+    async def run(self) -> None:
+        pacer = WritePacer(MIN_FLUSH_INTERVAL_S)
+        index, worker = self._index, self._worker
+        while True:
+            await self._wake.wait()
+            await pacer.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, []
+            for op in pending:
+                if op is None:
+                    index.clear(worker)
+                elif op[0]:
+                    index.store(worker, op[1])
+                else:
+                    index.remove(worker, op[1])
+            pacer.flushed()
+
+
+class _CallbackTransport:
+    """Delivers load reports to a function instead of NATS."""
+
+    def __init__(self, deliver: Callable[[LoadMetrics], None]) -> None:
+        self._deliver = deliver
+
+    async def publish_load(self, metrics: LoadMetrics) -> None:
+        self._deliver(metrics)
+
+
+def worker_info(instance_id: str, config: MockerConfig, started_at: float = 0.0) -> InstanceInfo:
+    """The registration a mocker worker of `config` would write to etcd."""
+    return InstanceInfo(
+        instance_id,
+        "worker",
+        f"simulated:{instance_id}",
+        model=config.model_name,
+        block_size=config.scheduler.kv_cache_block_size,
+        total_blocks=config.num_kv_blocks,
+        started_at=started_at,
+    )
+
+
+class SimWorker:
+    """Owns one simulated worker: its engine's scheduler, step loop, KV feed and load reporter."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        config: MockerConfig,
+        on_output: OutputCallback,
+        *,
+        index: RadixIndex | None = None,
+        on_load: Callable[[LoadMetrics], None] | None = None,
+        load_report_interval: float = 1.0,
+    ) -> None:
+        self.instance_id = instance_id
+        self.feed = IndexFeed(index, instance_id) if index is not None else None
+        self.engine = MockerEngine(config, self.feed)
+        self.reporter = (
+            LoadReporter(
+                instance_id,
+                self.engine.stats,
+                _CallbackTransport(on_load),
+                interval=load_report_interval,
+            )
+            if on_load is not None
+            else None
+        )
+        self._on_output = on_output
+        self._batch: ScheduledBatch[MockSequence] | None = None  # the step in flight
+        self._is_stepping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.feed is not None:
+            self._tasks.append(asyncio.create_task(self.feed.run(), name="kv feed"))
+        if self.reporter is not None:
+            self.reporter.start()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        self._tasks.clear()
+        if self.reporter is not None:
+            await self.reporter.stop()
+
+    def submit(self, request: EngineRequest, rng: random.Random) -> MockSequence:
+        """Admit `request` under the worker's rules (EngineError if refused) and queue it.
+
+        Its tokens are drawn from `rng`, so a seeded run repeats exactly.
+        """
+        seq = self.engine.new_sequence(request)
+        seq.rng = rng
+        self.engine.scheduler.add(seq)
+        if not self._is_stepping:
+            # Like the mocker's step loop woken by a new request: on the loop's next turn,
+            # so requests that arrive together start in one step.
+            self._is_stepping = True
+            assert self._loop is not None, "start() the worker first"
+            self._loop.call_soon(self._start_step)
+        self._load_changed()
+        return seq
+
+    def _load_changed(self) -> None:
+        # As the worker's gRPC service does when a request starts or ends.
+        if self.reporter is not None:
+            self.reporter.poke()
+
+    # The step loop as callbacks rather than a task: one timer per step, no future or
+    # task switch (a third of the simulator's time went there).
+
+    def _start_step(self) -> None:
+        sched, loop = self.engine.scheduler, self._loop
+        assert loop is not None
+        if not sched.has_work:
+            self._is_stepping = False
+            return
+        batch = sched.schedule()
+        if not batch:
+            loop.call_soon(self._start_step)  # nothing fits this step (only after a preemption)
+            return
+        self._batch = batch
+        loop.call_at(loop.time() + self.engine.step_seconds(batch), self._end_step)
+
+    def _end_step(self) -> None:
+        batch, self._batch = self._batch, None
+        assert batch is not None
+        self.engine.scheduler.postprocess(batch, [seq.draw_token() for seq in batch.sampled])
+        assert self._loop is not None
+        now = self._loop.time()
+        on_output = self._on_output
+        finished = False
+        for seq in batch.sampled:
+            on_output(seq, now)
+            finished = finished or seq.is_finished
+        if finished:
+            self._load_changed()
+        self._start_step()
