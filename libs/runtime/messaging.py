@@ -31,7 +31,9 @@ KvEventBytesHandler = Callable[[bytes, int], Awaitable[None]]
 # KV events are state deltas; a late router needs history, but not forever:
 # beyond these limits it rebuilds a worker's state with Worker.KvEventsSince.
 KV_STREAM_MAX_AGE_SECONDS = 3600.0
-KV_STREAM_MAX_MSGS = 5_000_000
+KV_STREAM_MAX_MSGS = 200_000
+"""As many events as a starting router replays: a longer history would never be read
+(it asks the workers instead), and nats-server holds an index entry per message kept."""
 
 
 class Messaging:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import grpc
 from tandem.runtime import subjects
 from tandem.runtime.grpc_util import create_channel
+from tandem.runtime.messaging import KV_STREAM_MAX_MSGS
 from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 from tandem.runtime.wire.kv_events_pb2 import KvEvent, KvEventColumns
@@ -49,8 +50,9 @@ DEVICE_TIERS = frozenset(("", "hbm"))
 RECOVERY_RETRY_SECONDS = 0.5
 RECOVERY_MAX_RETRY_SECONDS = 8.0
 RECOVERY_TIMEOUT_SECONDS = 10.0
-REPLAY_MAX_EVENTS = 200_000
-"""Longer streams are not replayed at start: live workers are asked for their state instead."""
+REPLAY_MAX_EVENTS = KV_STREAM_MAX_MSGS
+"""Longer streams (created with other limits) are not replayed at start: live workers are
+asked for their state instead."""
 
 
 class KvEventFollower:

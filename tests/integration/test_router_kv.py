@@ -14,6 +14,7 @@ import pytest
 from tandem.launcher.local_infra import LocalInfra
 from tandem.router.api import BaseRouter
 from tandem.router.config import RoutingConfig
+from tandem.router.kv_event_follower import REPLAY_MAX_EVENTS
 from tandem.router.kv_router import KvRouter
 from tandem.runtime import subjects
 from tandem.runtime.block_hash import sequence_hashes
@@ -309,3 +310,17 @@ async def test_approximate_mode_without_kv_events(client: Client):
             router.free(rid)
     finally:
         await router.stop()
+
+
+async def test_the_kv_stream_keeps_as_many_events_as_a_starting_router_replays(
+    infra: LocalInfra, namespace: str
+) -> None:
+    """nats-server holds no history a router would never read (and an index entry for each)."""
+    messaging = Messaging(infra.nats_url, namespace)
+    await messaging.connect()
+    try:
+        await messaging.ensure_kv_stream()
+        info = await messaging.js.stream_info(subjects.kv_stream(namespace))
+        assert info.config.max_msgs == REPLAY_MAX_EVENTS
+    finally:
+        await messaging.close()
