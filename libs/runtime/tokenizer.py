@@ -8,6 +8,7 @@ also maps to the bytes it stands for, the table streaming detokenization uses.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -102,6 +103,18 @@ def _byte_level_backend(
     return backend, token_bytes, frozenset(special_ids)
 
 
+def _is_plain_byte_level(backend: BackendTokenizer) -> bool:
+    """Byte-level BPE with no normalizer: every token stands for exactly its own bytes."""
+    spec = json.loads(backend.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return (
+        spec.get("normalizer") is None
+        and (spec.get("model") or {}).get("type") == "BPE"
+        and any(part.get("type") == "ByteLevel" for part in parts)
+    )
+
+
 class Tokenizer:
     """A model's tokenizer: encode/decode, the chat template, and per-token bytes for streaming."""
 
@@ -138,6 +151,10 @@ class Tokenizer:
             ChatTemplate(chat_template, bos_token=bos, eos_token=eos) if chat_template else None
         )
         self._pieces = PieceEncoder(backend, token_bytes) if cache_pieces else None
+        # No token spans more bytes of text, where that bounds how few tokens a text can be.
+        self._max_token_bytes: int | None = None
+        if _is_plain_byte_level(backend):
+            self._max_token_bytes = max(map(len, token_bytes), default=1) or 1
 
     @classmethod
     def from_gguf(cls, path: str, *, chat_template: str | None = None) -> Tokenizer:
@@ -169,8 +186,6 @@ class Tokenizer:
 
     @classmethod
     def _from_hf_dir(cls, path: str, chat_template: str | None) -> Tokenizer:
-        import json
-
         backend = BackendTokenizer.from_file(os.path.join(path, "tokenizer.json"))
         config: dict[str, Any] = {}
         config_path = os.path.join(path, "tokenizer_config.json")
@@ -212,9 +227,12 @@ class Tokenizer:
     def min_tokens(self, text: str) -> int:
         """How few tokens `text` can be at least (0 where the tokenizer gives no bound).
 
-        Only our byte-level BPE has a proven bound: no normalizer may shrink the text.
+        Only byte-level BPE without a normalizer has a proven bound (each token is its own
+        bytes of the text; nothing may shrink the text first): ours, or an HF one like it.
         """
-        return 0 if self._pieces is None else min_tokens(len(text), self._pieces.max_token_bytes)
+        if self._max_token_bytes is None:
+            return 0
+        return min_tokens(len(text), self._max_token_bytes)
 
     def encode_at_most(self, text: str, max_tokens: int) -> list[int]:
         """Token ids of `text`, or `TokenLimitExceeded` as soon as they are known to be more

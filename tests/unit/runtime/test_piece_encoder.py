@@ -119,3 +119,30 @@ def test_a_lone_surrogate_is_unencodable_text() -> None:
     for text in ("\ud800", "ok \udfff", "x" * 10_000 + "\ud83d"):
         with pytest.raises(UnencodableTextError, match="lone surrogate"):
             tokenizer.encode(text)
+
+
+def test_an_hf_byte_level_tokenizer_refuses_by_the_bound_too(tmp_path: Any) -> None:
+    """An HF directory with the same byte-level BPE: a 10 MB prompt is refused untokenized."""
+    backend = Tokenizer.from_gguf(GGUF).backend
+    backend.save(str(tmp_path / "tokenizer.json"))
+    tokenizer = Tokenizer.from_path(str(tmp_path))
+    counting = CountingBackend(tokenizer.backend)
+    tokenizer.backend = counting  # type: ignore[assignment]
+    text = "The quick brown fox. " * 500_000  # 10 MB
+    assert tokenizer.min_tokens(text) > 8192
+    with pytest.raises(TokenLimitExceeded):
+        tokenizer.encode_at_most(text, 8192)
+    assert counting.chars == 0
+    short = "Hello there, how are you?"
+    assert tokenizer.encode(short) == backend.encode(short, add_special_tokens=False).ids
+    assert counting.chars == len(short)  # what fits is tokenized, whole
+
+
+def test_a_tokenizer_with_a_normalizer_gets_no_bound(tmp_path: Any) -> None:
+    """A normalizer may shrink the text before tokens are cut: no lower bound is claimed."""
+    from tokenizers import normalizers
+
+    backend = Tokenizer.from_gguf(GGUF).backend
+    backend.normalizer = normalizers.Strip()
+    backend.save(str(tmp_path / "tokenizer.json"))
+    assert Tokenizer.from_path(str(tmp_path)).min_tokens("x" * 100_000) == 0
