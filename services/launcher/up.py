@@ -225,10 +225,11 @@ def frontend_spec(config: FrontendConfig) -> ChildSpec:
 
 
 def _models_ready(port: int) -> list[str]:
+    """Models the frontend has a live worker of, from `/health` (open even with API keys)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as resp:
-            return [m["id"] for m in json.load(resp).get("data", [])]
-    except (OSError, ValueError):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return [name for name, workers in json.load(resp)["models"].items() if workers]
+    except (OSError, ValueError, KeyError, AttributeError):
         return []
 
 

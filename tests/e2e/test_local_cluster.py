@@ -34,14 +34,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 def test_tandem_up_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    """With the API locked (the key from the environment), as an operator would run it."""
     port = free_port()
+    key = "sk-local-test-key"
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tandem.launcher.cli", "up", "--engine", "mocker", "--workers", "2",
              "--workers-per-process", "1",  # two worker processes, however many cores
              "--http-port", str(port), "--http-host", "127.0.0.1", "--speedup-ratio", "50"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TANDEM_API_KEY": key},
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -49,7 +52,9 @@ def test_tandem_up_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> Non
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none").models.list()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key)
         [model] = [m.id for m in client.models.list()]
         reply = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=8
