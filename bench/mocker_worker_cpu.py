@@ -9,6 +9,7 @@ on NATS, load reports, gRPC and the engine step loop all count.
 
   python bench/mocker_worker_cpu.py                       # this tree, 3 rounds
   python bench/mocker_worker_cpu.py --base /tmp/base_pkgs # A/B: rounds alternate base / this tree
+  python bench/mocker_worker_cpu.py --num-kv-blocks 4096  # a full cache: evictions every step
 
 `--base DIR` is put first on the worker's PYTHONPATH, so DIR/tandem/... (e.g.
 symlinks into a checkout of the old code) is what that variant runs.
@@ -70,6 +71,8 @@ def start_worker(
     if base:
         env["PYTHONPATH"] = os.pathsep.join([base, env.get("PYTHONPATH", "")])
     extra = ["--num-workers", str(args.num_workers)] if args.num_workers > 1 else []
+    if args.num_kv_blocks:
+        extra += ["--num-kv-blocks", str(args.num_kv_blocks)]
     argv = [sys.executable, "-m", "tandem.worker", "--engine", "mocker", "--host", "127.0.0.1",
             "--nats", infra.nats_url, "--etcd", infra.etcd_url, "--namespace", f"cpu{time.time_ns()}",
             "--speedup-ratio", str(args.speedup), *extra]  # fmt: skip
@@ -178,6 +181,12 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512, help="prompt tokens")
     parser.add_argument("--speedup", type=float, default=1.0, help="mocker --speedup-ratio")
     parser.add_argument("--num-workers", type=int, default=1, help="workers in the process")
+    parser.add_argument(
+        "--num-kv-blocks",
+        type=int,
+        default=0,
+        help="mocker KV blocks per worker (0: its default); a small pool evicts every step",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--base", help="PYTHONPATH entry holding the baseline `tandem` package")
     asyncio.run(bench(parser.parse_args()))

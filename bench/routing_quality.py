@@ -22,7 +22,8 @@ reach. `kv-raw` is the kv policy with the prefill term in raw blocks
 
 Workloads (`--workloads`, default all; `--quick` shrinks each to about a third):
 multi-turn chats at KV block size 16 and 64, long per-conversation documents,
-caches ample / tight / far too small, low and high concurrency, a slice of a
+caches ample / tight / far too small, low and high concurrency (the latter also with
+caches that cannot hold the conversations in progress), a slice of a
 Mooncake trace, and unique prompts (nothing to share, closed loop).
 
     python bench/routing_quality.py [--workloads chat16,trace] [--modes kv,round-robin,oracle] [--quick]
@@ -57,6 +58,7 @@ from tandem.router.policy_registry import RouterDeps, make_router
 from tandem.router.worker_view import WorkerView, candidates
 from tandem.runtime.block_hash import sequence_hashes
 from tandem.runtime.discovery import Discovery
+from tandem.runtime.instance_info import InstanceInfo
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
@@ -165,6 +167,15 @@ WORKLOADS: dict[str, Workload] = {
         ),
         dataclasses.replace(
             BASE,
+            name="high-conc-small",
+            about="as high-conc, cache smaller than the conversations in progress",
+            cache_fraction=0.5,
+            conversations=96,
+            turns=6,
+            arrival_rate=20.0,
+        ),
+        dataclasses.replace(
+            BASE,
             name="trace",
             about="Mooncake trace slice (prompts <= 32k tokens, outputs <= 128)",
             cache_fraction=0.0,  # the mocker's default pool
@@ -196,6 +207,7 @@ class Stats:
     errors: int = 0
     wall: float = 0.0
     cpu_seconds: float = 0.0
+    misses: HolderMisses | None = None
 
     @property
     def hit_rate(self) -> float:
@@ -208,6 +220,81 @@ class Stats:
     def p(self, q: float) -> float:
         ordered = sorted(self.ttft)
         return ordered[min(int(q * len(ordered)), len(ordered) - 1)] if ordered else float("nan")
+
+
+@dataclass
+class HolderMisses:
+    """Why the kv router sent requests away from the worker holding their longest cached
+    prefix (`--why-missed`): that worker was over the busy threshold, or cheaper elsewhere
+    (summed cost terms of the holder minus the chosen worker, in the cost model's units)."""
+
+    decisions: int = 0
+    kept: int = 0
+    busy: int = 0
+    by_cost: int = 0
+    hit: float = 0.0
+    queued_prefill: float = 0.0
+    reported_prefill: float = 0.0
+    decode: float = 0.0
+
+    def watch(self, kv: KvRouter) -> None:
+        choose = kv._choose
+
+        def counting_choose(
+            overlaps: dict[str, int],
+            prompt_blocks: int,
+            request_blocks: int,
+            exclude: Collection[str],
+        ) -> tuple[InstanceInfo, int] | None:
+            chosen = choose(overlaps, prompt_blocks, request_blocks, exclude)
+            if chosen is not None and overlaps:
+                self._count(kv, overlaps, chosen[0].instance_id)
+            return chosen
+
+        kv._choose = counting_choose  # type: ignore[method-assign]
+
+    def _count(self, kv: KvRouter, overlaps: dict[str, int], chosen: str) -> None:
+        best = max(overlaps.values())
+        instances = kv._workers.instances
+        holders = [i for i in instances if overlaps.get(i, 0) == best]
+        if len(holders) == len(instances):
+            return  # every worker holds it (a system prompt): nothing to miss
+        self.decisions += 1
+        if chosen in holders:
+            self.kept += 1
+            return
+        ids = [*holders, chosen]
+        prefills, decodes, used = kv.load.loads(ids)
+        totals = [instances[iid].total_blocks or kv.load.total_blocks(iid) for iid in holders]
+        free = [
+            i
+            for i, total in enumerate(totals)
+            if total <= 0 or used[i] <= kv.config.busy_threshold * total
+        ]
+        if not free:
+            self.busy += 1
+            return
+        self.by_cost += 1
+        h, c = free[0], len(ids) - 1
+        w = kv.config.kv_overlap_score_weight * cost_model.PREFILL_BLOCK_COST
+        per_token = w / kv.block_size
+        self.hit += w * (best - overlaps.get(chosen, 0))
+        backlog = [cost_model.backlog_tokens(p) * per_token for p in prefills]
+        self.queued_prefill += backlog[h] - backlog[c]
+        own = kv.load._prefill.get(holders[h], 0)
+        self.reported_prefill += max(0.0, backlog[h] - cost_model.backlog_tokens(own) * per_token)
+        self.decode += decodes[h] - decodes[c]
+
+    def line(self) -> str:
+        n = max(self.by_cost, 1)
+        return (
+            f"kv, requests whose longest prefix one worker holds: {self.decisions}; sent there "
+            f"{self.kept}, away as it was busy {self.busy}, away by cost {self.by_cost} "
+            f"(per such request: hit {self.hit / n:.0f}; the holder's queued prefill beyond the "
+            f"chosen worker's {self.queued_prefill / n:.0f}, the part of the holder's seen only "
+            f"in its reports {self.reported_prefill / n:.0f}; its extra decode "
+            f"{self.decode / n:.0f})"
+        )
 
 
 class OracleRouter(BaseRouter):
@@ -468,6 +555,9 @@ async def run_mode(
     await router.start()
     channels = {info.endpoint: grpc.aio.insecure_channel(info.endpoint) for info in workers}
     stats = Stats()
+    if args.why_missed and isinstance(router, KvRouter):
+        stats.misses = HolderMisses()
+        stats.misses.watch(router)
     pids = [p.pid for p in procs]
     try:
         cpu0, started = cpu_seconds(pids), time.perf_counter()
@@ -551,6 +641,9 @@ def print_workload(wl: Workload, res: dict[str, Stats], about: str) -> tuple[str
             f"{mode:<14}{len(s.ttft):>9}{s.p(0.5) * 1e3:>13.1f}{s.p(0.99) * 1e3:>13.1f}"
             f"{s.throughput:>11.0f}{s.hit_rate:>9.1%}{s.errors:>8}{cores:>6.2f}c"
         )
+    for s in res.values():
+        if s.misses is not None:
+            print("   " + s.misses.line())
     summary, ratios = verdict(wl, res)
     print("   " + ", ".join(ratios))
     print("   verdict: " + summary, flush=True)
@@ -613,6 +706,13 @@ def main() -> None:
         type=float,
         default=None,
         help="override RoutingConfig.busy_threshold for the kv modes (exploration only)",
+    )
+    parser.add_argument(
+        "--why-missed",
+        action="store_true",
+        help="for the kv modes, count the requests not sent to the worker holding their longest"
+        " cached prefix, and why: that worker was over the busy threshold, or the cost terms"
+        " (hit, queued prefill, decode load) put it above the chosen one",
     )
     asyncio.run(main_async(parser.parse_args()))
 

@@ -9,18 +9,23 @@ A block is in one of three states:
   evictable in LRU order);
 - free: holds nothing.
 Allocation takes free blocks first, then evicts the least recently used
-cached block (reported as removed).
+cached block (reported as removed). The blocks one call evicts, or one
+`coalesced_removals()` scope (the scheduler's step), are reported as one
+removal listing them all, in eviction order: one KV event per pass, not per block.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from tandem.runtime.block_hash import BLOCK_HASH_SEED, hash_blocks
+from tandem.runtime.block_hash import BLOCK_HASH_SEED, BlockHashes, hash_blocks
 
 from .kv_event_sink import KvEventSink
+
+_NO_HASHES = BlockHashes([], [])  # shared, never changed
 
 
 @dataclass(slots=True)
@@ -32,6 +37,9 @@ class BlockTable:
     hashes: list[int] = field(default_factory=list)
     # Prompt tokens found in the cache when the table was allocated.
     num_cached_tokens: int = 0
+    # The prompt's full-block hashes, computed at admission: marking those blocks
+    # computed takes them from here instead of hashing the prompt again.
+    prompt_hashes: BlockHashes = field(default_factory=lambda: _NO_HASHES)
 
 
 class BlockManager:
@@ -59,6 +67,8 @@ class BlockManager:
         self._cached: OrderedDict[int, None] = OrderedDict()  # LRU order, oldest first
         self.num_prompt_tokens_seen = 0
         self.num_prompt_tokens_cached = 0
+        self._evicted: list[int] = []  # hashes evicted and not reported yet
+        self._coalescing = False
 
     # -- queries -------------------------------------------------------------
 
@@ -86,13 +96,25 @@ class BlockManager:
     def resident_hashes(self) -> list[int]:
         return list(self._hash_to_block)
 
-    def match_prefix(self, token_ids: Sequence[int]) -> int:
+    def prompt_hashes(self, token_ids: Sequence[int]) -> BlockHashes:
+        """Hashes of the full blocks of `token_ids` (none when prefix caching is off).
+
+        Pass them to `match_prefix` and `allocate_prompt` so one admission hashes once.
+        """
+        if not self.enable_prefix_caching:
+            return _NO_HASHES
+        return hash_blocks(token_ids, self.block_size, self.hash_seed)
+
+    def match_prefix(self, token_ids: Sequence[int], hashes: BlockHashes | None = None) -> int:
         """Number of leading full blocks of `token_ids` resident now (no side effects)."""
         if not self.enable_prefix_caching:
             return 0
+        if hashes is None:
+            hashes = self.prompt_hashes(token_ids)
         n = 0
-        for h in hash_blocks(token_ids, self.block_size, self.hash_seed).sequence:
-            if h not in self._hash_to_block:
+        resident = self._hash_to_block
+        for h in hashes.sequence:
+            if h not in resident:
                 break
             n += 1
         return n
@@ -100,21 +122,24 @@ class BlockManager:
     # -- allocation ----------------------------------------------------------
 
     def allocate_prompt(
-        self, token_ids: Sequence[int], reserve_tokens: int = 0
+        self,
+        token_ids: Sequence[int],
+        reserve_tokens: int = 0,
+        hashes: BlockHashes | None = None,
     ) -> BlockTable | None:
         """Blocks for a prompt (+ `reserve_tokens` more), reusing cached prefix blocks.
 
+        `hashes`: `prompt_hashes(token_ids)` when the caller has them already.
         Returns None, changing nothing, when not enough blocks are available.
         The block holding the last prompt token is never taken from the cache,
         so the engine always computes at least one token (it needs its logits).
         """
         bs = self.block_size
-        hashes = []
-        if self.enable_prefix_caching:
-            hashes = hash_blocks(token_ids, bs, self.hash_seed).sequence
+        if hashes is None:
+            hashes = self.prompt_hashes(token_ids)
         reusable = (len(token_ids) - 1) // bs  # blocks strictly before the last token's block
         hit_ids: list[int] = []
-        for h in hashes[:reusable]:
+        for h in hashes.sequence[:reusable]:
             block_id = self._hash_to_block.get(h)
             if block_id is None:
                 break
@@ -128,9 +153,12 @@ class BlockManager:
             self._take(block_id)
         table = BlockTable(
             block_ids=hit_ids + [self._take_new() for _ in range(num_new)],
-            hashes=hashes[: len(hit_ids)],
+            hashes=hashes.sequence[: len(hit_ids)],
             num_cached_tokens=len(hit_ids) * bs,
+            prompt_hashes=hashes,
         )
+        if not self._coalescing:
+            self._report_evicted()
         self.num_prompt_tokens_seen += len(token_ids)
         self.num_prompt_tokens_cached += table.num_cached_tokens
         return table
@@ -143,6 +171,8 @@ class BlockManager:
         if need > self.num_available_blocks:
             return False
         table.block_ids.extend(self._take_new() for _ in range(need))
+        if not self._coalescing:
+            self._report_evicted()
         return True
 
     def mark_computed(self, table: BlockTable, token_ids: Sequence[int], num_computed: int) -> None:
@@ -155,8 +185,7 @@ class BlockManager:
         end = min(num_computed, len(token_ids)) // bs
         if end <= start or not self.enable_prefix_caching:  # most steps: no block filled up
             return
-        parent = table.hashes[-1] if table.hashes else None
-        new = hash_blocks(token_ids[start * bs : end * bs], bs, self.hash_seed, parent_hash=parent)
+        new = self._block_hashes(table, token_ids, start, end)
         # Runs of consecutive newly resident blocks, each with the hash before it.
         runs: list[tuple[int | None, list[tuple[int, int]]]] = []
         extends_run = False
@@ -175,6 +204,7 @@ class BlockManager:
                 runs.append((parent, [(seq_hash, local_hash)]))
             extends_run = True
         if self._sink is not None:
+            self._report_evicted()  # evictions before these stores are reported before them
             for run_parent, blocks in runs:
                 self._sink.stored(run_parent, blocks)
 
@@ -190,9 +220,22 @@ class BlockManager:
                     self._free.append(block_id)
         table.block_ids.clear()
         table.hashes.clear()
+        table.prompt_hashes = _NO_HASHES
+
+    @contextmanager
+    def coalesced_removals(self) -> Iterator[None]:
+        """Report the blocks evicted inside this scope as one removal, at its end."""
+        outer, self._coalescing = self._coalescing, True
+        try:
+            yield
+        finally:
+            self._coalescing = outer
+            if not outer:
+                self._report_evicted()
 
     def clear(self) -> None:
         """Drop every cached block (active ones must already be freed)."""
+        self._report_evicted()  # evictions before the clear are reported before it
         for block_id in list(self._cached):
             self._forget(block_id)
             self._free.append(block_id)
@@ -213,10 +256,32 @@ class BlockManager:
         else:
             block_id, _ = self._cached.popitem(last=False)
             evicted = self._forget(block_id)
-            if self._sink is not None and evicted is not None:
-                self._sink.removed([evicted])
+            if evicted is not None:
+                self._evicted.append(evicted)
         self._ref_counts[block_id] = 1
         return block_id
+
+    def _report_evicted(self) -> None:
+        """Report the blocks evicted and not reported yet as one removal."""
+        if self._evicted:
+            evicted, self._evicted = self._evicted, []
+            if self._sink is not None:
+                self._sink.removed(evicted)
+
+    def _block_hashes(
+        self, table: BlockTable, token_ids: Sequence[int], start: int, end: int
+    ) -> BlockHashes:
+        """Hashes of blocks [start, end) of `token_ids` (`start` = len(table.hashes)): the
+        prompt's from admission, the rest hashed now, chained on the block before them."""
+        known = table.prompt_hashes
+        num_known = max(min(len(known.sequence), end), start)
+        local, sequence = known.local[start:num_known], known.sequence[start:num_known]
+        if num_known == end:
+            return BlockHashes(local, sequence)
+        bs = self.block_size
+        parent = sequence[-1] if sequence else table.hashes[-1] if table.hashes else None
+        rest = hash_blocks(token_ids[num_known * bs : end * bs], bs, self.hash_seed, parent)
+        return BlockHashes(local + rest.local, sequence + rest.sequence)
 
     def _forget(self, block_id: int) -> int | None:
         h = self._block_hash[block_id]

@@ -129,17 +129,30 @@ class Scheduler(Generic[S]):
     # -- one step --------------------------------------------------------------
 
     def schedule(self) -> ScheduledBatch[S]:
+        """The next step's batch. The blocks it evicts are reported as one removal."""
+        with self.block_manager.coalesced_removals():
+            return self._schedule()
+
+    def _schedule(self) -> ScheduledBatch[S]:
         batch: ScheduledBatch[S] = ScheduledBatch()
         budget = self.config.max_num_batched_tokens
         scheduled: set[S] = set()
         preempted = False
 
-        for seq in [s for s in self.running if s.num_remaining == 1]:
+        # Runs for every decode of every step: plain attribute reads, no property calls.
+        running = SequenceStatus.RUNNING
+        block_size = self.block_manager.block_size
+        for seq in [s for s in self.running if len(s.token_ids) - s.num_computed_tokens == 1]:
             if budget == 0:
                 break
-            if not seq.is_running:
+            if seq.status is not running:
                 continue  # preempted by a sequence ahead of it in this loop
-            if not self._grow(seq, scheduled):
+            table = seq.table
+            assert table is not None
+            # A new block only when its next token starts one (most steps: none).
+            if len(seq.token_ids) > len(table.block_ids) * block_size and not self._grow(
+                seq, scheduled
+            ):
                 preempted = True
                 continue
             batch.decodes.append(seq)
@@ -173,12 +186,15 @@ class Scheduler(Generic[S]):
         """
         # Runs once per step over the whole batch: plain loops and `is` checks, no properties.
         mark_computed = self.block_manager.mark_computed
+        block_size = self.block_manager.block_size
         running = SequenceStatus.RUNNING
         for seq in batch.decodes:
             if seq.status is running:
-                assert seq.table is not None
-                seq.num_computed_tokens += 1
-                mark_computed(seq.table, seq.token_ids, seq.num_computed_tokens)
+                table = seq.table
+                assert table is not None
+                num_computed = seq.num_computed_tokens = seq.num_computed_tokens + 1
+                if num_computed // block_size > len(table.hashes):  # a block filled up
+                    mark_computed(table, seq.token_ids, num_computed)
         for seq, n in batch.prefills:
             if seq.status is running:
                 assert seq.table is not None
@@ -201,12 +217,18 @@ class Scheduler(Generic[S]):
 
     def _admit(self, seq: S) -> bool:
         bm = self.block_manager
-        need = bm.blocks_for(len(seq.token_ids)) - bm.match_prefix(seq.token_ids)
+        hashes = seq.prompt_hashes
+        # Hashed once while it waits: its tokens change only by a preemption's output.
+        if hashes is None or seq.num_hashed_tokens != len(seq.token_ids):
+            hashes = seq.prompt_hashes = bm.prompt_hashes(seq.token_ids)
+            seq.num_hashed_tokens = len(seq.token_ids)
+        need = bm.blocks_for(len(seq.token_ids)) - bm.match_prefix(seq.token_ids, hashes)
         if need > bm.num_available_blocks - self._watermark_blocks and self.running:
             return False
-        table = bm.allocate_prompt(seq.token_ids)
+        table = bm.allocate_prompt(seq.token_ids, hashes=hashes)
         if table is None:
             return False
+        seq.prompt_hashes = None  # the table keeps them now
         seq.table = table
         seq.num_computed_tokens = table.num_cached_tokens
         if seq.num_cached_tokens < 0:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import InitVar, dataclass, field
 
+from tandem.runtime.block_hash import BlockHashes
+
 from .block_manager import BlockTable
 from .engine import FinishReason, SamplingConfig, Usage
 
@@ -39,6 +41,9 @@ class Sequence:
     num_prompt_tokens: int = field(init=False)  # len(token_ids) when the request arrived
     stop_token_ids: frozenset[int] = field(init=False)  # stop ids, plus EOS unless ignored
     table: BlockTable | None = None
+    # Its prompt's block hashes while it waits for blocks, and how many tokens they cover.
+    prompt_hashes: BlockHashes | None = None
+    num_hashed_tokens: int = 0
     num_computed_tokens: int = 0  # tokens whose KV is in the cache
     num_cached_tokens: int = -1  # prompt tokens found in the prefix cache at first admission
     status: SequenceStatus = SequenceStatus.WAITING

@@ -65,6 +65,9 @@ def test_equal_hash_ids_give_equal_tokens_at_the_same_positions() -> None:
 def test_prompt_has_exactly_input_length_tokens(input_length: int) -> None:
     ids = prompt_token_ids(record([3, 4, 5], input_length), block_tokens=512)
     assert len(ids) == input_length
+    # Plain ints, as a tokenizer gives them (not numpy scalars from the cached words).
+    assert {type(t) for t in ids} == {int}
+    assert ids == [t for h in (3, 4, 5) for t in block_token_ids(h, 512)][:input_length]
 
 
 def test_missing_hash_ids_are_padded_with_blocks_of_their_own() -> None:

@@ -145,3 +145,44 @@ def test_prefix_caching_disabled_hashes_nothing() -> None:
     assert sink.events == [] and bm.num_cached_blocks == 0
     again = bm.allocate_prompt(list(range(9)))
     assert again is not None and again.num_cached_tokens == 0
+
+
+def test_one_allocation_that_evicts_ten_blocks_reports_one_removal_in_lru_order() -> None:
+    sink = RecordingSink()
+    bm = BlockManager(10, BS, sink)
+    old = list(range(1000, 1040))  # 10 full blocks
+    bm.free(computed(bm, old))
+    del sink.events[:]
+    assert bm.allocate_prompt(list(range(40))) is not None  # needs all 10 blocks
+    # Freed tail first, so the tail is the least recently used and goes first.
+    assert sink.events == [("removed", list(reversed(hash_blocks(old, BS).sequence)))]
+
+
+def test_evictions_in_a_scope_are_one_removal_reported_before_later_stores() -> None:
+    sink = RecordingSink()
+    bm = BlockManager(4, BS, sink)
+    bm.free(computed(bm, list(range(100, 116))))  # 4 cached blocks
+    del sink.events[:]
+    with bm.coalesced_removals():
+        a = bm.allocate_prompt(list(range(6)))  # 2 blocks: evicts 2
+        b = bm.allocate_prompt(list(range(50, 56)))  # 2 more
+        assert a is not None and b is not None
+        assert sink.events == []  # held until the scope ends...
+        bm.mark_computed(a, list(range(6)), 6)  # ...or a store would overtake them
+    assert [kind for kind, _ in sink.events] == ["removed", "stored"]
+    assert len(sink.events[0][1]) == 4  # type: ignore[arg-type]
+
+
+def test_allocation_reuses_the_hashes_it_is_given(hash_calls: list[int]) -> None:
+    sink = RecordingSink()
+    bm = BlockManager(16, BS, sink)
+    prompt = list(range(14))
+    hashes = bm.prompt_hashes(prompt)
+    assert bm.match_prefix(prompt, hashes) == 0
+    table = bm.allocate_prompt(prompt, hashes=hashes)
+    assert table is not None
+    bm.mark_computed(table, prompt, 8)  # two prompt blocks, from the admission's hashes
+    bm.mark_computed(table, prompt + [1, 2], 16)  # the third, then a decode block
+    assert hash_calls == [14, 4]  # the prompt once; only the block past its full blocks again
+    assert table.hashes == hash_blocks(prompt + [1, 2], BS).sequence
+    assert stored_hashes(sink) == table.hashes

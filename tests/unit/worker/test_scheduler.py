@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from tandem.router.kv_event_follower import KvEventFollower
+from tandem.router.radix_index import RadixIndex
 from tandem.runtime.block_hash import sequence_hashes
 from tandem.worker.block_manager import BlockManager
 from tandem.worker.engine import SamplingConfig
 from tandem.worker.kv_event_sink import RecordingSink
+from tandem.worker.kv_publisher import KvEventPublisher
 from tandem.worker.scheduler import ScheduledBatch, Scheduler
 from tandem.worker.scheduler_config import SchedulerConfig
 from tandem.worker.sequence import Sequence, SequenceStatus
@@ -206,3 +209,40 @@ def test_computed_blocks_are_published_and_reused() -> None:
     batch = _run(sched)
     assert (again, 8) in batch.prefills and again.num_cached_tokens == 32
     assert sched.block_manager.prefix_cache_hit_rate == 32 / 80
+
+
+def test_a_step_that_evicts_ten_blocks_publishes_one_event_and_the_router_agrees() -> None:
+    publisher = KvEventPublisher("w")
+    bm = BlockManager(10, 4, publisher)
+    sched: Scheduler[Sequence] = Scheduler(bm, config(8, 512))
+    for i in range(5):  # five 8-token prompts: 10 cached blocks once they end
+        sched.add(_seq(f"old{i}", 8, start=100 * (i + 1), max_new_tokens=1))
+    _run(sched)
+    assert not sched.has_work and bm.num_cached_blocks == 10
+    before = publisher.next_event_id
+    sched.add(_seq("a", 20, start=1000))  # 5 blocks...
+    sched.add(_seq("b", 20, start=2000))  # ...and 5 more: all 10 evicted in one step
+    batch = sched.schedule()
+    events, _, _ = publisher.events_since(before)
+    removed = [e.removed for e in events if e.WhichOneof("data") == "removed"]
+    assert len(removed) == 1 and len(removed[0].block_hashes) == 10
+    sched.postprocess(batch, [7] * len(batch.sampled))
+    index = RadixIndex()
+    KvEventFollower(index, lambda _: None).apply_all(publisher.events_since(0)[0])
+    assert index.worker_blocks("w") == set(bm.resident_hashes())
+
+
+def test_a_waiting_prompt_is_hashed_once_however_often_it_is_retried(
+    hash_calls: list[int],
+) -> None:
+    sched: Scheduler[Sequence] = Scheduler(BlockManager(4, 4), config(8, 64))
+    a, b = _seq("a", 12), _seq("b", 12, start=50)
+    sched.add(a)
+    sched.add(b)
+    for _ in range(3):
+        _run(sched)  # a holds 4 blocks: b waits
+    assert b.status is SequenceStatus.WAITING
+    assert hash_calls == [12, 12]  # a at admission; b at its first try, not at each retry
+    sched.finish(a, "abort")
+    _run(sched)  # b admitted and prefilled: its prompt's hashes are reused
+    assert b.status is SequenceStatus.RUNNING and hash_calls == [12, 12]
