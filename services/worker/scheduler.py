@@ -88,7 +88,9 @@ class Scheduler(Generic[S]):
 
     @property
     def num_pending_prefill_tokens(self) -> int:
-        waiting = sum(len(s.token_ids) for s in self.waiting)
+        # A waiting request's cached prefix will not be computed (routers count only the
+        # uncached part of what they send, too): as found at its last admission attempt.
+        waiting = sum(len(s.token_ids) - s.num_found_cached_tokens for s in self.waiting)
         return waiting + sum(s.num_remaining for s in self.running if s.num_remaining > 1)
 
     def stats(
@@ -222,7 +224,9 @@ class Scheduler(Generic[S]):
         if hashes is None or seq.num_hashed_tokens != len(seq.token_ids):
             hashes = seq.prompt_hashes = bm.prompt_hashes(seq.token_ids)
             seq.num_hashed_tokens = len(seq.token_ids)
-        need = bm.blocks_for(len(seq.token_ids)) - bm.match_prefix(seq.token_ids, hashes)
+        found = bm.match_prefix(seq.token_ids, hashes)
+        seq.num_found_cached_tokens = min(found * bm.block_size, len(seq.token_ids))
+        need = bm.blocks_for(len(seq.token_ids)) - found
         if need > bm.num_available_blocks - self._watermark_blocks and self.running:
             return False
         table = bm.allocate_prompt(seq.token_ids, hashes=hashes)

@@ -44,6 +44,8 @@ class Sequence:
     # Its prompt's block hashes while it waits for blocks, and how many tokens they cover.
     prompt_hashes: BlockHashes | None = None
     num_hashed_tokens: int = 0
+    # Its tokens the prefix cache held at its last admission attempt: not pending prefill.
+    num_found_cached_tokens: int = 0
     num_computed_tokens: int = 0  # tokens whose KV is in the cache
     num_cached_tokens: int = -1  # prompt tokens found in the prefix cache at first admission
     status: SequenceStatus = SequenceStatus.WAITING

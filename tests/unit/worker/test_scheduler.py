@@ -246,3 +246,20 @@ def test_a_waiting_prompt_is_hashed_once_however_often_it_is_retried(
     sched.finish(a, "abort")
     _run(sched)  # b admitted and prefilled: its prompt's hashes are reused
     assert b.status is SequenceStatus.RUNNING and hash_calls == [12, 12]
+
+
+def test_a_waiting_request_reports_only_its_uncached_tokens_as_pending_prefill() -> None:
+    """Routers weigh a worker's queued prefill: the prefix it holds costs it no compute."""
+    sched: Scheduler[Sequence] = Scheduler(BlockManager(8, 4), config(8, 64))
+    doc = _seq("doc", 16)
+    sched.add(doc)
+    _run(sched)
+    sched.finish(doc, "stop")  # its 4 blocks stay cached
+    hog = _seq("hog", 14, start=900)
+    sched.add(hog)
+    _run(sched)
+    turn = _seq("turn", 24)  # the document again and 8 new tokens; no room for it yet
+    sched.add(turn)
+    _run(sched)
+    assert turn.status is SequenceStatus.WAITING
+    assert sched.num_pending_prefill_tokens == 24 - 16
