@@ -18,11 +18,9 @@ The result is the `ReplayResult` the live replay prints (trace_summary.py).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
 
 from tandem.router.api import NoWorkersError, RouterBusyError
 from tandem.router.config import RoutingConfig
@@ -31,7 +29,7 @@ from tandem.router.policy_registry import RouterDeps, make_router
 from tandem.router.worker_view import StaticWorkerView
 from tandem.runtime.config import option
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
-from tandem.worker.config import WorkerConfig
+from tandem.worker.config import LOAD_REPORT_INTERVAL_SECONDS
 from tandem.worker.engine import EngineError, EngineRequest, SamplingConfig
 from tandem.worker.mocker import MockerConfig
 from tandem.worker.mocker.sequence import MockSequence
@@ -40,11 +38,6 @@ from .mooncake_trace import DEFAULT_BLOCK_TOKENS, TraceRecord, prompt_token_ids
 from .sim_loop import run_simulated
 from .sim_worker import SimWorker, worker_info
 from .trace_summary import ReplayResult
-
-_WORKER_LOAD_REPORT_INTERVAL = cast(
-    float,
-    next(f.default for f in dataclasses.fields(WorkerConfig) if f.name == "load_report_interval"),
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +59,7 @@ class FleetConfig:
         0, "Seed of the prompts' token ids, the router's tie-breaks and the generated tokens."
     )
     load_report_interval: float = option(
-        _WORKER_LOAD_REPORT_INTERVAL,
+        LOAD_REPORT_INTERVAL_SECONDS,
         "Seconds between a worker's load reports when nothing changes (the workers' flag).",
     )
     drain_timeout: float = option(

@@ -21,6 +21,7 @@ from tandem.runtime.instance_info import InstanceInfo
 from tandem.runtime.pacing import WritePacer
 from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
+from tandem.worker.config import LOAD_REPORT_INTERVAL_SECONDS
 from tandem.worker.engine import EngineRequest
 from tandem.worker.kv_publisher import MIN_FLUSH_INTERVAL_S
 from tandem.worker.load_reporter import LoadReporter
@@ -121,7 +122,7 @@ class SimWorker:
         *,
         index: RadixIndex | None = None,
         on_load: Callable[[LoadMetrics], None] | None = None,
-        load_report_interval: float = 1.0,
+        load_report_interval: float = LOAD_REPORT_INTERVAL_SECONDS,
     ) -> None:
         self.instance_id = instance_id
         self.feed = IndexFeed(index, instance_id) if index is not None else None

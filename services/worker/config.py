@@ -14,6 +14,10 @@ def _random_instance_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+LOAD_REPORT_INTERVAL_SECONDS = 1.0
+"""How often a worker reports its load when nothing changes (the fleet simulator's too)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class WorkerConfig(RuntimeConfig):
     """Tandem worker: serves one engine over gRPC and reports it in etcd and on NATS.
@@ -46,7 +50,9 @@ class WorkerConfig(RuntimeConfig):
         "aggregated", "role of this worker (prefill/decode come later)", choices=("aggregated",)
     )
     kv_event_buffer: int = option(4096, "KV events kept for Worker.KvEventsSince")
-    load_report_interval: float = option(1.0, "seconds between load reports when nothing changes")
+    load_report_interval: float = option(
+        LOAD_REPORT_INTERVAL_SECONDS, "seconds between load reports when nothing changes"
+    )
     shutdown_grace_seconds: float = option(
         0.0, "on SIGTERM, seconds in-flight streams may still finish before they are aborted"
     )
