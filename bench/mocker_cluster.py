@@ -14,7 +14,9 @@ class MockerCluster:
     """nats + etcd + `num_workers` mocker workers + a frontend, as child processes.
 
     `worker_args` go to every worker (mocker flags: `--speedup-ratio`, `--num-kv-blocks`,
-    ...); logs are in `log_dir`. Ready when the frontend routes to every worker.
+    ...), `frontend_args` to the frontend; logs are in `log_dir`. Ready when the frontend
+    routes to every worker. `per_worker_args[i]` go to worker process i only (a role,
+    `--num-workers`); then `expected_workers` is how many workers they host in all.
     """
 
     def __init__(
@@ -23,6 +25,10 @@ class MockerCluster:
         router_mode: str,
         log_dir: Path,
         worker_args: list[str] | tuple[str, ...] = (),
+        # The KServe gRPC API's default port is a fixed one: off unless a benchmark asks.
+        frontend_args: list[str] | tuple[str, ...] = ("--grpc-port", "0"),
+        per_worker_args: list[list[str]] | None = None,
+        expected_workers: int = 0,
     ) -> None:
         from tandem.launcher.local_infra import LocalInfra, free_port
 
@@ -55,6 +61,7 @@ class MockerCluster:
                         "0",
                         *common,
                         *worker_args,
+                        *(per_worker_args[i] if per_worker_args else ()),
                     ],
                 )
                 for i in range(num_workers)
@@ -70,10 +77,11 @@ class MockerCluster:
                     "--router-mode",
                     router_mode,
                     *common,
+                    *frontend_args,
                 ],
             )
             self.url = f"http://127.0.0.1:{self.port}"
-            self._wait_ready(num_workers)
+            self._wait_ready(expected_workers or num_workers)
         except BaseException:
             self.stop()
             raise

@@ -60,7 +60,7 @@ def scrape(metrics: str) -> tuple[float, float]:
     served = sum(
         float(v) for v in re.findall(r"^tandem_worker_requests_total\{[^}]*\} (\S+)", text, re.M)
     )
-    cached = re.search(r"^tandem_worker_cached_prompt_tokens_total (\S+)", text, re.M)
+    cached = re.search(r"^tandem_worker_cached_prompt_tokens_total\{[^}]*\} (\S+)", text, re.M)
     return served, float(cached.group(1)) if cached else 0.0
 
 

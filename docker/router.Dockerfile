@@ -1,8 +1,7 @@
-# Standalone KV-aware router, shared by several frontends over gRPC.
-ARG BASE=tandem-base
-FROM ${BASE}
+# Standalone KV-aware router (gRPC on 9300, /metrics and /health on 9301),
+# shared by several frontends started with --router-url router:9300.
+ARG TANDEM_BASE=tandem-base
+FROM ${TANDEM_BASE}
 EXPOSE 9300 9301
-HEALTHCHECK --interval=5s --timeout=3s --start-period=20s --retries=5 \
-  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:9301/health').status != 200)"
 ENTRYPOINT ["tandem", "router"]
 CMD ["--host", "0.0.0.0", "--port", "9300", "--metrics-port", "9301"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,11 @@ from tandem.runtime.wire import worker_pb2_grpc
 from tests.support.fake_worker import serve_worker
 
 ServeWorker = Callable[[worker_pb2_grpc.WorkerServicer], Awaitable[str]]
+
+# Every frontend a test starts (itself or through `tandem up`) inherits this: the KServe
+# gRPC API's default port is a fixed one (8001), and tests run side by side. A test of that
+# API gives its frontend a free --grpc-port.
+os.environ.setdefault("TANDEM_GRPC_PORT", "0")
 
 
 @pytest.fixture(scope="session")

@@ -28,14 +28,24 @@ def option(
     flag: str | None = None,
     default_factory: Any = dataclasses.MISSING,
     secret: bool = False,
+    env_alias: str | None = None,
 ) -> Any:
     """A config field with its one-line help text (and optional choices / flag name).
+
+    `env_alias` names a standard variable read when `TANDEM_<FIELD>` is not set
+    (`OTEL_TRACES_EXPORTER` for the trace exporter).
 
     A `secret` field (an API key) is left out of the config's repr, so no log
     line shows it, and out of `config_to_argv`: a parent hands it to a child
     in the environment (`secret_environ`), since every user can read argv (`ps`).
     """
-    metadata = {"help": help, "choices": choices, "flag": flag, "secret": secret}
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "flag": flag,
+        "secret": secret,
+        "env_alias": env_alias,
+    }
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(
             default_factory=default_factory, metadata=metadata, repr=not secret
@@ -49,6 +59,20 @@ def flag_name(field: dataclasses.Field[Any]) -> str:
 
 def env_name(field: dataclasses.Field[Any]) -> str:
     return ENV_PREFIX + field.name.upper()
+
+
+def env_names(field: dataclasses.Field[Any]) -> tuple[str, ...]:
+    """The variables `field` is read from, first found wins: `TANDEM_*`, then its alias."""
+    alias = field.metadata.get("env_alias")
+    return (env_name(field), alias) if alias else (env_name(field),)
+
+
+def _env_value(field: dataclasses.Field[Any], environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(variable, raw value) of the first of `env_names(field)` set in `environ`."""
+    for name in env_names(field):
+        if name in environ:
+            return name, environ[name]
+    return None
 
 
 def _base_type(annotation: Any) -> Any:
@@ -120,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         base = _base_type(annotation)
         help_text = field.metadata.get("help", "")
         shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
-        help_text = f"{help_text} [env {env_name(field)}; default: {shown}]"
+        help_text = f"{help_text} [env {' or '.join(env_names(field))}; default: {shown}]"
         kwargs: dict[str, Any] = {"dest": field.name, "help": help_text, "default": None}
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -153,13 +177,20 @@ def _given_values(
                 )
             continue
         given = getattr(namespace, field.name, None)
+        from_env = None if given is not None else _env_value(field, environ)
         if given is not None:
             values[field.name] = given
-        elif env_name(field) in environ:
+        elif from_env is not None:
+            name, raw = from_env
             try:
-                values[field.name] = _convert(environ[env_name(field)], annotation)
+                values[field.name] = _convert(raw, annotation)
             except ValueError as exc:
-                raise SystemExit(f"invalid {env_name(field)}: {exc}") from None
+                raise SystemExit(f"invalid {name}: {exc}") from None
+            choices = field.metadata.get("choices")
+            if choices and values[field.name] not in choices:
+                raise SystemExit(
+                    f"invalid {name}: {raw!r} is not one of {', '.join(map(str, choices))}"
+                )
     return values
 
 
@@ -241,8 +272,11 @@ class RuntimeConfig:
     log_level: str = option("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     otel_exporter: str = option(
         "none",
-        "OpenTelemetry span exporter: none (trace context is still passed on) or console (JSON on stdout).",
-        choices=("none", "console"),
+        "OpenTelemetry span exporter: none (trace context is still passed on), console (JSON "
+        "on stdout) or otlp (to OTEL_EXPORTER_OTLP_ENDPOINT over OTEL_EXPORTER_OTLP_PROTOCOL, "
+        "grpc by default or http/protobuf; service name OTEL_SERVICE_NAME).",
+        choices=("none", "console", "otlp"),
+        env_alias="OTEL_TRACES_EXPORTER",
     )
 
 
@@ -294,9 +328,10 @@ def _child_value(
     field: dataclasses.Field[Any], annotation: Any, default: Any, environ: Mapping[str, str]
 ) -> Any:
     """What a child given no flag for `field` would take: its environment, else the default."""
-    raw = environ.get(env_name(field))
-    if raw is None:
+    from_env = _env_value(field, environ)
+    if from_env is None:
         return default
+    raw = from_env[1]
     try:
         return _convert(raw, annotation)
     except ValueError:

@@ -6,6 +6,9 @@ know, and try again after `RETRY_SECONDS`.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 import grpc
 from etcd3aio import Etcd3Client, EtcdError
 
@@ -35,8 +38,49 @@ def normalize_endpoints(endpoints: str | list[str]) -> list[str]:
     return out
 
 
+def _host(endpoint: str) -> str:
+    return endpoint.rpartition(":")[0]
+
+
+def _is_address(endpoint: str) -> bool:
+    try:
+        ipaddress.IPv4Address(_host(endpoint))
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve(endpoint: str) -> list[str]:
+    """'name:port' -> 'a.b.c.d:port' for each IPv4 address of the name."""
+    port = endpoint.rpartition(":")[2]
+    infos = socket.getaddrinfo(_host(endpoint), int(port), socket.AF_INET, socket.SOCK_STREAM)
+    return sorted({f"{info[4][0]}:{port}" for info in infos})
+
+
+def channel_target(endpoints: list[str]) -> str:
+    """The gRPC target of `endpoints` ('host:port' each).
+
+    etcd3aio always builds an `ipv4:` target, which gRPC refuses for a host
+    name, yet etcd is reached by name in containers (`etcd:2379` in compose, a
+    Service in Kubernetes). One name goes to gRPC's DNS resolver (all of its
+    addresses, round-robin, looked up again on reconnect); several names are
+    looked up here, once.
+    """
+    endpoints = [
+        f"127.0.0.1:{e.rpartition(':')[2]}" if _host(e) == "localhost" else e for e in endpoints
+    ]
+    if all(_is_address(e) for e in endpoints):
+        return "ipv4:" + ",".join(endpoints)
+    if len(endpoints) == 1:
+        return f"dns:///{endpoints[0]}"
+    resolved = [a for e in endpoints for a in ([e] if _is_address(e) else _resolve(e))]
+    return "ipv4:" + ",".join(resolved)
+
+
 def new_etcd_client(endpoints: list[str]) -> Etcd3Client:
     """An unconnected client that fails fast and reconnects quickly after an outage."""
     client = Etcd3Client(endpoints, rpc_max_attempts=1)
-    client._manager.grpc_options.extend(_CHANNEL_OPTIONS)  # no public hook for options
+    # No public hooks for the target or the channel options.
+    client._manager.target = channel_target(endpoints)
+    client._manager.grpc_options.extend(_CHANNEL_OPTIONS)
     return client

@@ -7,7 +7,7 @@ second), message size limits, and a clear error when a port is taken.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -54,10 +54,16 @@ def create_channel(endpoint: str) -> grpc.aio.Channel:
 
 
 async def start_server(
-    add_servicers: Callable[[grpc.aio.Server], None], host: str, port: int
+    add_servicers: Callable[[grpc.aio.Server], None],
+    host: str,
+    port: int,
+    options: Sequence[tuple[str, int]] = tuple(SERVER_OPTIONS),
 ) -> tuple[grpc.aio.Server, int]:
-    """Start an aio server on `host:port` (0 = a free port); returns it and the bound port."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    """Start an aio server on `host:port` (0 = a free port); returns it and the bound port.
+
+    `options` replace `SERVER_OPTIONS` (a server with its own message size limit).
+    """
+    server = grpc.aio.server(options=list(options))
     add_servicers(server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

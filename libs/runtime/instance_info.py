@@ -25,6 +25,9 @@ class InstanceInfo:
     block_size: int = 0
     total_blocks: int = 0
     started_at: float = 0.0
+    # A worker that is shutting down sets this and stays registered until its
+    # in-flight requests end: routers send it nothing new, clients keep its streams.
+    draining: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

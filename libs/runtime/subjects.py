@@ -35,3 +35,17 @@ def prefill_stream(namespace: str) -> str:
 
 def prefill_subject(namespace: str, model: str) -> str:
     return f"tandem.{namespace}.prefill.{model.replace('.', '_')}"
+
+
+def prefill_job_subject(namespace: str, model: str, prefill_instance_id: str) -> str:
+    """Prefill jobs for one prefill worker of `model` (its durable consumer reads only these)."""
+    return f"{prefill_subject(namespace, model)}.{prefill_instance_id}"
+
+
+def prefill_model_subjects(namespace: str, model: str) -> str:
+    """Every prefill worker's jobs of `model`: the queue depth the conditional rule reads."""
+    return f"{prefill_subject(namespace, model)}.*"
+
+
+def prefill_subjects_all(namespace: str) -> str:
+    return f"tandem.{namespace}.prefill.>"

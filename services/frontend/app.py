@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
 
 from tandem.runtime.discovery import Discovery
 from tandem.runtime.messaging import Messaging
-from tandem.runtime.tracing import tracer_for
+from tandem.runtime.prefill_queue import PrefillQueue
+from tandem.runtime.tracing import Tracing
 
 from .access import access_middleware
 from .api_keys import ApiKeys
 from .config import FrontendConfig
+from .disagg import Disaggregation, DisaggSettings
 from .generation import Generator
 from .http_server import OpenAIServer
+from .kserve.inference import KserveInference
+from .kserve.server import KserveServer
+from .kserve.service import InferenceService
 from .metrics import FrontendMetrics
 from .models import ModelRegistry
 from .request_limits import ConcurrencyLimit
@@ -28,6 +34,8 @@ class Frontend:
 
     def __init__(self, config: FrontendConfig) -> None:
         self.config = config
+        # First: a bad OTEL_* setting stops the start before anything is connected.
+        self.tracing = Tracing.start("tandem-frontend", config.otel_exporter)
         self.metrics = FrontendMetrics()
         self.discovery = Discovery(config.etcd, config.namespace)
         # Only the in-process kv router follows KV events and load over NATS.
@@ -36,7 +44,20 @@ class Frontend:
             Messaging(config.nats, config.namespace, name="tandem-frontend") if needs_nats else None
         )
         self.pool = WorkerClientPool()
-        self.generator = Generator(self.pool, self.metrics, config.max_migrations)
+        # Conditional disaggregation needs the in-process router (prefill workers routed
+        # KV-aware) and NATS (the prefill queue's depth); without, decode workers prefill.
+        self.disagg = (
+            Disaggregation(
+                DisaggSettings(config.max_local_prefill_length, config.max_prefill_queue_size),
+                self.metrics,
+                lambda model: self.models.prefill_router(model),
+                PrefillQueue(self.messaging),
+                self.discovery,
+            )
+            if self.messaging is not None
+            else None
+        )
+        self.generator = Generator(self.pool, self.metrics, config.max_migrations, self.disagg)
         self.models = ModelRegistry(
             config,
             self.discovery,
@@ -44,16 +65,29 @@ class Frontend:
             self.metrics.registry,
             on_worker_removed=self.generator.on_worker_removed,
         )
-        tracer = tracer_for("tandem-frontend", config.otel_exporter)
         self.api_keys = ApiKeys.load(config.api_key, config.api_key_file)
         self.limit = ConcurrencyLimit(config.max_concurrent_requests)
         self.server = OpenAIServer(
             self.models,
             self.generator,
             self.metrics,
-            tracer,
+            self.tracing.tracer,
             middlewares=(access_middleware(self.api_keys, self.limit, self.metrics),),
             max_body_bytes=config.max_body_bytes,
+        )
+        # The KServe v2 gRPC API: the same models, generator, keys, limit and metrics.
+        self.kserve = (
+            KserveServer(
+                InferenceService(
+                    KserveInference(
+                        self.models, self.generator, self.metrics, self.limit, self.tracing.tracer
+                    ),
+                    self.api_keys,
+                ),
+                config.max_body_bytes,
+            )
+            if config.grpc_port
+            else None
         )
 
     @property
@@ -66,7 +100,16 @@ class Frontend:
         if self.messaging is not None:
             await self.messaging.connect()
         await self.models.start()
+        if self.disagg is not None:
+            await self.disagg.start()
         await self.server.start(self.config.http_host, self.config.http_port)
+        if self.kserve is not None:
+            await self.kserve.start(self.config.http_host, self.config.grpc_port)
+            log.info(
+                "KServe gRPC inference API at %s:%d",
+                self.config.http_host or "0.0.0.0",
+                self.kserve.port,
+            )
         log.info(
             "frontend ready at %s (router %s)",
             self.url,
@@ -82,7 +125,12 @@ class Frontend:
             )
 
     async def stop(self) -> None:
-        for step in (self.server.stop, self.models.stop, self.pool.close):
+        steps = [self.server.stop, self.models.stop, self.pool.close]
+        if self.disagg is not None:
+            steps.insert(1, self.disagg.stop)
+        if self.kserve is not None:
+            steps.insert(0, self.kserve.stop)
+        for step in steps:
             with contextlib.suppress(Exception):
                 await step()
         if self.messaging is not None:
@@ -90,6 +138,8 @@ class Frontend:
                 await self.messaging.close()
         with contextlib.suppress(Exception):
             await self.discovery.close()
+        # Last: the spans of requests that ended while stopping are exported too.
+        await asyncio.to_thread(self.tracing.shutdown)
 
 
 def _is_loopback(host: str) -> bool:

@@ -17,6 +17,11 @@ class FrontendConfig(RuntimeConfig, RoutingConfig):
 
     http_host: str = option("0.0.0.0", "Address the OpenAI HTTP API listens on.")
     http_port: int = option(8000, "Port of the OpenAI HTTP API (0 = pick a free one).")
+    grpc_port: int = option(
+        8001,
+        "Port of the KServe v2 gRPC inference API (Triton's GRPCInferenceService), on "
+        "--http-host; 0 = do not serve it.",
+    )
     router_url: str = option(
         "", "host:port of a standalone router service; empty = route in-process."
     )
@@ -55,11 +60,24 @@ class FrontendConfig(RuntimeConfig, RoutingConfig):
         "Retry-After.",
     )
     max_body_bytes: int = option(64 * 1024 * 1024, "Largest request body accepted; beyond: 413.")
+    max_local_prefill_length: int = option(
+        1000,
+        "A request routed to a decode worker is prefilled on a prefill worker only when more "
+        "prompt tokens than this are uncached there (else the decode worker prefills it); "
+        "etcd key tandem/{ns}/disagg/settings overrides it at run time.",
+    )
+    max_prefill_queue_size: int = option(
+        32,
+        "... and only while the model's prefill queue holds fewer jobs than this; the etcd "
+        "key overrides it at run time too.",
+    )
 
     def __post_init__(self) -> None:
         RoutingConfig.__post_init__(self)
         if not 0 <= self.http_port < 65536:
             raise ValueError("http_port must be in [0, 65535]")
+        if not 0 <= self.grpc_port < 65536:
+            raise ValueError("grpc_port must be in [0, 65535] (0: no KServe gRPC API)")
         if self.model_path and not self.model_name:
             raise ValueError("--model-path needs --model-name")
         if self.max_migrations < 0:
@@ -72,3 +90,5 @@ class FrontendConfig(RuntimeConfig, RoutingConfig):
             raise ValueError("max_concurrent_requests must be >= 1")
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be >= 1")
+        if self.max_local_prefill_length < 0 or self.max_prefill_queue_size < 0:
+            raise ValueError("max_local_prefill_length and max_prefill_queue_size must be >= 0")

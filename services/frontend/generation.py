@@ -7,7 +7,8 @@ when an attempt ends), the worker's verdict on the request (a bad request is
 a 400, not something to retry elsewhere), and migration: when the worker's
 stream breaks (the worker died, or left etcd), the request moves to another
 worker with the tokens generated so far (`num_generated_before`), and the
-client's stream just continues.
+client's stream just continues. A request routed to a decode worker may have
+its prompt prefilled on a prefill worker (`disagg.py` decides, per attempt).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tandem.router.api import NoWorkersError, RouterBusyError
 from tandem.runtime.instance_info import InstanceInfo
 from tandem.runtime.wire import worker_pb2
 
+from .disagg import Disaggregation
 from .errors import (
     ContextLengthExceededError,
     EngineError,
@@ -93,11 +95,16 @@ class Generator:
     """Runs generations against workers; owns the map of in-flight streams per worker."""
 
     def __init__(
-        self, pool: WorkerClientPool, metrics: FrontendMetrics, max_migrations: int = 3
+        self,
+        pool: WorkerClientPool,
+        metrics: FrontendMetrics,
+        max_migrations: int = 3,
+        disagg: Disaggregation | None = None,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
         self._max_migrations = max_migrations
+        self._disagg = disagg
         self._inflight: dict[str, set[RequestStream]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -140,7 +147,14 @@ class Generator:
                 raise ServiceUnavailableError(
                     f"No worker available for model {model.name!r}: {exc}"
                 ) from None
-            stream = self._pool.start(route.endpoint, generate_request(job), job.trace_metadata)
+            request = generate_request(job)
+            remote = None
+            if self._disagg is not None:
+                tokens = job.prompt_ids + generated if generated else job.prompt_ids
+                remote = await self._disagg.decide(request_id, model, route, tokens)
+                if remote is not None:
+                    request.remote_prefill.prefill_instance_id = remote.instance_id
+            stream = self._pool.start(route.endpoint, request, job.trace_metadata)
             self._inflight.setdefault(route.instance_id, set()).add(stream)
             waiting_first = True
             try:
@@ -155,6 +169,8 @@ class Generator:
                         if waiting_first:
                             waiting_first = False
                             router.prefill_done(request_id)
+                            if remote is not None:  # its prefill worker is done with it
+                                remote.router.free(request_id)
                             if not job.first_token_at:
                                 job.first_token_at = now
                         job.last_token_at = now
@@ -180,6 +196,8 @@ class Generator:
                         del self._inflight[route.instance_id]
                 stream.cancel()
                 router.free(request_id)
+                if remote is not None:
+                    remote.router.free(request_id)
             # The worker failed mid-request: continue elsewhere with what it produced.
             if job.num_migrations >= self._max_migrations:
                 raise ServiceUnavailableError(

@@ -160,6 +160,10 @@ class ModelRegistry:
         except ETCD_ERRORS:
             return True  # etcd cannot say: the model may well be there
 
+    async def prefill_router(self, name: str) -> BaseRouter | None:
+        """The router over model `name`'s prefill workers (built on first use)."""
+        return await self._routers.prefill_router(name)
+
     def known(self) -> list[ServedModel]:
         """Every model seen so far, with or without live workers."""
         return list(self._models.values())

@@ -27,7 +27,11 @@ SERVICES = {
     "router": ("tandem.router.__main__", "standalone KV-aware router service (gRPC)"),
     "planner": (
         "tandem.planner.__main__",
-        "load-based autoscaler: writes each model's desired worker count to etcd",
+        "autoscaler (load or SLA targets): writes each model's desired worker count to etcd",
+    ),
+    "operator": (
+        "tandem.operator.__main__",
+        "Kubernetes operator: TandemDeployment resources into Deployments, Services, ConfigMaps",
     ),
 }
 
@@ -37,7 +41,8 @@ def _usage() -> str:
              "  up          run a local cluster (nats, etcd, workers, frontend) on http://localhost:8000/v1"]  # fmt: skip
     lines += [f"  {name:<11} {doc}" for name, (_, doc) in SERVICES.items()]
     lines += ["  simulate    replay a Mooncake trace on a simulated fleet: the real router, N simulated mocker workers",
-              "  router tune search the kv router's knobs for a trace on the simulator; prints the best settings"]  # fmt: skip
+              "  router tune search the kv router's knobs for a trace on the simulator; prints the best settings",
+              "  profile     measure one worker's TTFT and ITL into the profile `tandem planner --mode sla` reads"]  # fmt: skip
     lines += ["", "`tandem <command> --help` lists each command's flags."]
     return "\n".join(lines)
 
@@ -48,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command == "profile":
+        from .profile_command import profile_main
+
+        return profile_main(rest)
     if command == "simulate" or (command == "router" and rest[:1] == ["tune"]):
         from . import sim_commands  # loads the router and the mocker: only when asked
 

@@ -23,6 +23,7 @@ from typing import Any
 from tandem.frontend.config import FrontendConfig
 from tandem.planner.config import PlannerConfig
 from tandem.planner.connectors import follow_target
+from tandem.planner.predictors import PREDICTORS
 from tandem.planner.target import ReplicaTarget, TargetStore
 from tandem.router.config import ROUTER_MODES
 from tandem.runtime.config import (
@@ -55,6 +56,11 @@ class UpConfig:
 
     With --planner the worker pool follows the load: it starts at --workers and
     the planner (see `tandem planner --help`) grows it up to --max-workers.
+
+    With --prefill-workers P --decode-workers D the model is served disaggregated
+    instead of by --workers aggregated workers: long prompts are prefilled on the P
+    prefill workers and their KV moved to the D decode workers (see
+    --max-local-prefill-length).
     """
 
     engine: str = option("torch", "Engine for every worker.", choices=tuple(ENGINES))
@@ -64,6 +70,23 @@ class UpConfig:
         "Workers each worker process hosts (`tandem worker --num-workers`; engines that allow "
         "it: mocker). 0 = mocker workers are spread over one process per core, torch "
         "workers get a process each. With --planner every process hosts one worker.",
+    )
+    prefill_workers: int = option(
+        0,
+        "Prefill workers (`--disaggregation-mode prefill`); with --decode-workers, instead "
+        "of --workers aggregated ones.",
+    )
+    decode_workers: int = option(
+        0, "Decode workers (`--disaggregation-mode decode`); with --prefill-workers."
+    )
+    max_local_prefill_length: int = option(
+        FrontendConfig.max_local_prefill_length,
+        "Disaggregated: the frontend prefills on a prefill worker only prompts with more "
+        "uncached tokens than this on their decode worker.",
+    )
+    max_prefill_queue_size: int = option(
+        FrontendConfig.max_prefill_queue_size,
+        "Disaggregated: ... and only while fewer prefill jobs than this are queued.",
     )
     planner: bool = option(False, "Scale the worker pool with the planner.")
     min_workers: int = option(1, "With --planner: fewest workers the planner asks for.")
@@ -81,8 +104,35 @@ class UpConfig:
     planner_scale_down_kv_usage: float = option(
         PlannerConfig.scale_down_kv_usage, "With --planner: scale down below this KV usage."
     )
+    planner_mode: str = option(
+        PlannerConfig.mode,
+        "With --planner: size the pool on load, or to the TTFT and ITL targets (sla).",
+        choices=("load", "sla"),
+    )
+    planner_profile: str = option(
+        "", "With --planner-mode sla: the worker profile `tandem profile` wrote."
+    )
+    planner_ttft_target_ms: float = option(
+        PlannerConfig.ttft_target_ms, "With --planner-mode sla: mean TTFT to meet (ms)."
+    )
+    planner_itl_target_ms: float = option(
+        PlannerConfig.itl_target_ms, "With --planner-mode sla: mean inter-token latency (ms)."
+    )
+    planner_predictor: str = option(
+        PlannerConfig.predictor,
+        "With --planner-mode sla: how the next interval's demand is predicted.",
+        choices=tuple(PREDICTORS),
+    )
+    planner_predict_ahead: int = option(
+        PlannerConfig.predict_ahead,
+        "With --planner-mode sla: size for the busiest of the next N intervals' demand.",
+    )
     http_port: int = option(8000, "Port of the OpenAI-compatible HTTP API.")
     http_host: str = option("0.0.0.0", "Interface the HTTP API listens on.")
+    grpc_port: int = option(
+        FrontendConfig.grpc_port,
+        "Port of the frontend's KServe v2 gRPC inference API (on --http-host); 0 = none.",
+    )
     router_mode: str = option("kv", "How the frontend picks a worker.", choices=ROUTER_MODES)
     api_key: list[str] = option(
         default_factory=list,
@@ -115,6 +165,16 @@ class UpConfig:
         if self.workers_per_process > 1 and self.planner:
             raise ValueError("--workers-per-process: with --planner every process hosts one "
                              "worker (the planner scales processes)")  # fmt: skip
+        if (self.prefill_workers > 0) != (self.decode_workers > 0) or min(
+            self.prefill_workers, self.decode_workers
+        ) < 0:
+            raise ValueError(
+                "--prefill-workers and --decode-workers go together, each at least 1 "
+                f"(got {self.prefill_workers} and {self.decode_workers})"
+            )
+        if self.is_disaggregated and self.planner:
+            raise ValueError("--planner scales aggregated workers; it does not take "
+                             "--prefill-workers/--decode-workers yet")  # fmt: skip
         if self.planner and not self.min_workers <= self.workers <= self.max_workers:
             raise ValueError(
                 f"--workers ({self.workers}) must be within --min-workers ({self.min_workers}) "
@@ -133,6 +193,21 @@ class UpConfig:
                 raise ValueError(
                     f"planner: {exc} (in `tandem up`, those flags start with --planner-)"
                 ) from None
+
+    @property
+    def is_disaggregated(self) -> bool:
+        return self.prefill_workers > 0
+
+    @property
+    def num_workers(self) -> int:
+        """Workers of every role that start."""
+        return self.prefill_workers + self.decode_workers if self.is_disaggregated else self.workers
+
+    def pools(self) -> list[tuple[str, int]]:
+        """(role, number of workers) of each pool that starts."""
+        if self.is_disaggregated:
+            return [("prefill", self.prefill_workers), ("decode", self.decode_workers)]
+        return [("aggregated", self.workers)]
 
     # Each child's config is what the child would read from the environment it
     # inherits, with what `tandem up` decides on top; `config_to_argv` then passes
@@ -159,36 +234,41 @@ class UpConfig:
             **_fields(runtime or self.runtime()),
             http_port=self.http_port,
             http_host=self.http_host,
+            grpc_port=self.grpc_port,
             router_mode=self.router_mode,
             api_key=self.api_key,
             api_key_file=self.api_key_file,
+            max_local_prefill_length=self.max_local_prefill_length,
+            max_prefill_queue_size=self.max_prefill_queue_size,
         )
 
     def worker_config(
-        self, runtime: RuntimeConfig | None = None, num_workers: int = 1
+        self, runtime: RuntimeConfig | None = None, num_workers: int = 1, role: str = "aggregated"
     ) -> WorkerConfig:
-        """A worker child hosting `num_workers`, before the pass-through flags (its instance
-        id is its own)."""
+        """A worker child hosting `num_workers` of `role`, before the pass-through flags (its
+        instance id is its own)."""
         return config_from_env(
             WorkerConfig,
             **_fields(runtime or self.runtime()),
             engine=self.engine,
             num_workers=num_workers,
+            disaggregation_mode=role,
         )
 
-    def worker_processes(self) -> list[int]:
-        """How many workers each worker process hosts, one entry per process.
+    def worker_processes(self, workers: int | None = None) -> list[int]:
+        """How many of `workers` (--workers) each worker process hosts, one entry per process.
 
         The planner scales processes, so with --planner each hosts one worker.
         """
+        count = self.workers if workers is None else workers
         per = self.workers_per_process
         if self.planner or not ENGINES[self.engine].hosts_many:
             per = 1
         elif per == 0:
-            per = -(-self.workers // usable_cpus())
-        num_processes = -(-self.workers // per)
+            per = -(-self.num_workers // usable_cpus())
+        num_processes = -(-count // per)
         return [
-            self.workers // num_processes + (1 if i < self.workers % num_processes else 0)
+            count // num_processes + (1 if i < count % num_processes else 0)
             for i in range(num_processes)
         ]
 
@@ -203,6 +283,14 @@ class UpConfig:
             adjustment_interval=self.planner_adjustment_interval,
             scale_up_kv_usage=self.planner_scale_up_kv_usage,
             scale_down_kv_usage=self.planner_scale_down_kv_usage,
+            mode=self.planner_mode,
+            profile=self.planner_profile,
+            ttft_target_ms=self.planner_ttft_target_ms,
+            itl_target_ms=self.planner_itl_target_ms,
+            predictor=self.planner_predictor,
+            predict_ahead=self.planner_predict_ahead,
+            # The SLA planner reads demand and latency from this cluster's frontend.
+            frontend_url=[f"http://127.0.0.1:{self.http_port}"],
         )
 
 
@@ -276,11 +364,15 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
                 _planner_pool(config, supervisor, args, runtime), name="planner pool"
             )
         else:
-            for i, num_workers in enumerate(config.worker_processes()):
-                hosted = worker_argv(config.worker_config(runtime, num_workers), passed_on)
-                await supervisor.start(
-                    ChildSpec.python_module(f"worker-{i}", "tandem.worker", hosted)
-                )
+            for role, count in config.pools():
+                name = "worker" if role == "aggregated" else role
+                for i, num_workers in enumerate(config.worker_processes(count)):
+                    hosted = worker_argv(
+                        config.worker_config(runtime, num_workers, role), passed_on
+                    )
+                    await supervisor.start(
+                        ChildSpec.python_module(f"{name}-{i}", "tandem.worker", hosted)
+                    )
         await supervisor.start(frontend_spec(config.frontend_config(runtime)))
         ready = asyncio.create_task(_wait_ready(config, supervisor))
         stopped = asyncio.create_task(stop.wait())
@@ -289,8 +381,9 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
         done, _ = await asyncio.wait({ready, *ended}, return_when=asyncio.FIRST_COMPLETED)
         if ready in done and ready.exception() is None:
             host = "localhost" if config.http_host in ("0.0.0.0", "::") else config.http_host
-            log.info("Tandem is serving %s on http://%s:%d/v1 (Ctrl-C stops everything)",
-                     ", ".join(ready.result()), host, config.http_port)  # fmt: skip
+            kserve = f", KServe gRPC on {host}:{config.grpc_port}" if config.grpc_port else ""
+            log.info("Tandem is serving %s on http://%s:%d/v1%s (Ctrl-C stops everything)",
+                     ", ".join(ready.result()), host, config.http_port, kserve)  # fmt: skip
             done, _ = await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
         elif ready in done:
             log.error("cluster did not come up: %s", ready.exception())
@@ -358,5 +451,5 @@ def _with_thread_share(config: UpConfig, worker_args: list[str]) -> list[str]:
         return worker_args
     cores = usable_cpus()
     # With the planner the pool may grow to --max-workers: size each share for that.
-    sharers = config.max_workers if config.planner else config.workers
+    sharers = config.max_workers if config.planner else config.num_workers
     return [*worker_args, "--num-threads", str(max(1, cores // max(1, sharers)))]

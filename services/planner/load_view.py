@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.subscription import Subscription
 from tandem.runtime.discovery import Discovery
@@ -25,10 +25,12 @@ from .policy import WorkerLoad
 
 @dataclass(frozen=True, slots=True)
 class PoolSnapshot:
-    """Live worker count and the loads that count right now."""
+    """Live worker count (draining ones left out: they are on their way out), per role, and
+    the loads that count right now."""
 
     observed: int
     loads: tuple[WorkerLoad, ...]
+    roles: dict[str, int] = field(default_factory=dict)
 
 
 class LoadView:
@@ -71,10 +73,14 @@ class LoadView:
         # Forget stale reports, including those of other models' workers.
         for instance_id in [i for i, (seen, _) in self._last.items() if now - seen > self._max_age]:
             del self._last[instance_id]
+        serving = {iid: info for iid, info in workers.items() if not info.draining}
         loads = tuple(
-            load for instance_id, (_, load) in self._last.items() if instance_id in workers
+            load for instance_id, (_, load) in self._last.items() if instance_id in serving
         )
-        return PoolSnapshot(observed=len(workers), loads=loads)
+        roles: dict[str, int] = {}
+        for info in serving.values():
+            roles[info.role] = roles.get(info.role, 0) + 1
+        return PoolSnapshot(observed=len(serving), loads=loads, roles=roles)
 
     async def _on_load(self, metrics: LoadMetrics) -> None:
         # Reports of other models' workers arrive on the same subjects; they

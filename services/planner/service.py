@@ -1,22 +1,41 @@
-"""The planner's loop: every adjustment interval observe the pool, decide, write the target."""
+"""The planner's loop: every adjustment interval observe the pool, decide, write the target.
+
+`--mode load` decides with `policy.decide` on the workers' load reports;
+`--mode sla` with `sla_policy.decide_sla` on the demand the frontends saw
+(`DemandView`), the next interval's predicted by `predictors`, and the
+worker profile. Targets are written through the leader's guard, so only the
+active planner's land.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tandem.runtime.etcd_client import ETCD_ERRORS
 
 from .config import PlannerConfig
+from .demand_view import DemandView
 from .load_view import LoadView, PoolSnapshot
 from .metrics import PlannerMetrics
 from .policy import Decision, LoadSummary, PolicyState, decide
-from .target import ReplicaTarget, TargetStore
+from .predictors import make_predictor
+from .profile import WorkerProfile
+from .sla_policy import Demand, Observed, SlaDecision, SlaState, decide_sla
+from .target import Guard, ReplicaTarget, TargetStore
 
 log = logging.getLogger("tandem.planner")
+
+
+@dataclass(frozen=True, slots=True)
+class SlaInputs:
+    """What --mode sla decides with besides the pool: the worker profile and the demand view."""
+
+    profile: WorkerProfile
+    demand: DemandView
 
 
 class Planner:
@@ -29,13 +48,28 @@ class Planner:
         store: TargetStore,
         metrics: PlannerMetrics,
         wall_clock: Callable[[], float] = time.time,
+        *,
+        sla: SlaInputs | None = None,
+        guard: Guard | None = None,
+        instance_id: str = "",
     ) -> None:
+        if config.mode == "sla" and sla is None:
+            raise ValueError("--mode sla needs a profile and a demand view")
         self.config = config
         self._view = view
         self._store = store
         self._metrics = metrics
         self._wall_clock = wall_clock
+        self._sla = sla
+        self._guard = guard
+        self._instance_id = instance_id
         self.state = PolicyState()
+        self.sla_state = SlaState()
+        settings = config.predictor_settings
+        self._predictors = {
+            q: make_predictor(config.predictor, settings)
+            for q in ("request_rate", "input_tokens", "output_tokens")
+        }
         self._last_reason = ""
 
     async def resume(self) -> None:
@@ -47,6 +81,7 @@ class Planner:
             existing = None
         if existing is not None:
             self.state = PolicyState(target=existing.replicas)
+            self.sla_state = SlaState(targets=existing.pools or {"aggregated": existing.replicas})
             self._metrics.desired_replicas.set(existing.replicas)
             log.info(
                 "resuming from target %d workers of %s (%s)",
@@ -55,15 +90,27 @@ class Planner:
                 existing.reason or "no reason given",
             )
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Decide every `adjustment_interval` seconds until `stop` is set."""
-        while not stop.is_set():
-            await self.step()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.adjustment_interval)
+    async def run(self, stop: asyncio.Event, lost: asyncio.Event | None = None) -> None:
+        """Decide every `adjustment_interval` seconds until `stop` (or `lost`: leadership) is set."""
+        events = [stop] if lost is None else [stop, lost]
+        while not any(e.is_set() for e in events):
+            if self.config.mode == "sla":
+                await self.step_sla()
+            else:
+                await self.step()
+            waits = [asyncio.ensure_future(e.wait()) for e in events]
+            try:
+                await asyncio.wait(
+                    waits,
+                    timeout=self.config.adjustment_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                for w in waits:
+                    w.cancel()
 
     async def step(self) -> Decision:
-        """One interval: observe, decide, and write the target if it changed."""
+        """One interval of --mode load: observe, decide, and write the target if it changed."""
         snapshot = self._view.snapshot()
         decision = decide(snapshot.observed, snapshot.loads, self.config.thresholds, self.state)
         self._observe(snapshot)
@@ -100,16 +147,115 @@ class Planner:
         if snapshot.loads:
             self._metrics.kv_usage.set(LoadSummary.of(snapshot.loads).kv_usage)
 
+    async def step_sla(self) -> SlaDecision | None:
+        """One interval of --mode sla; None for the first, which only takes the baseline."""
+        assert self._sla is not None
+        snapshot = self._view.snapshot()
+        self._observe(snapshot)
+        observed = await self._sla.demand.sample()
+        if observed is None:
+            return None
+        predicted = self._predict(observed)
+        live = snapshot.roles or {"aggregated": 0}
+        decision = decide_sla(
+            self._sla.profile, self.config.sla_bounds, predicted, observed, live, self.sla_state
+        )
+        self._export_sla(observed, decision)
+        log.info(
+            "planner decision model=%s mode=sla targets=%s live=%s observed_%s "
+            "observed_ttft_ms=%s observed_itl_ms=%s expected_ttft_ms=%s expected_itl_ms=%s %s",
+            self.config.model,
+            _pools(decision.targets),
+            _pools(live),
+            observed.demand.describe().replace(" ", " observed_"),
+            _ms(observed.ttft_ms),
+            _ms(observed.itl_ms),
+            _ms(decision.expected_ttft_ms),
+            _ms(decision.expected_itl_ms),
+            decision.reason,
+        )
+        if decision.changed:
+            total = sum(decision.targets.values())
+            previous = sum(self.sla_state.targets.values()) or snapshot.observed
+            pools = {} if "aggregated" in decision.targets else dict(decision.targets)
+            if not await self._write_target(total, decision.reason, pools):
+                return decision  # state kept: the same decision is retried next interval
+            direction = "up" if total > previous else "down"
+            self._metrics.scaling_events.labels(direction).inc()
+            self._metrics.desired_replicas.set(total)
+            log.info(
+                "scaling %s %s: %d -> %d workers %s (live %d)",
+                self.config.model,
+                direction,
+                previous,
+                total,
+                _pools(decision.targets),
+                snapshot.observed,
+            )
+        self.sla_state = decision.state
+        return decision
+
+    def _predict(self, observed: Observed) -> Demand:
+        demand = observed.demand
+        self._predictors["request_rate"].observe(demand.request_rate)
+        if demand.request_rate > 0:  # lengths of an idle interval are not observations
+            self._predictors["input_tokens"].observe(demand.input_tokens)
+            self._predictors["output_tokens"].observe(demand.output_tokens)
+        # The busiest of the next intervals a new worker needs to become useful.
+        ahead = range(1, self.config.predict_ahead + 1)
+        return Demand(
+            request_rate=max(self._predictors["request_rate"].predict(h) for h in ahead),
+            input_tokens=max(self._predictors["input_tokens"].predict(h) for h in ahead),
+            output_tokens=max(self._predictors["output_tokens"].predict(h) for h in ahead),
+        )
+
+    def _export_sla(self, observed: Observed, d: SlaDecision) -> None:
+        m = self._metrics
+        for pool, n in d.targets.items():
+            m.pool_replicas.labels(pool).set(n)
+        for name, gauge in (("predicted", m.predicted), ("observed", m.observed_demand)):
+            demand = d.predicted if name == "predicted" else observed.demand
+            gauge.labels("request_rate").set(demand.request_rate)
+            gauge.labels("input_tokens").set(demand.input_tokens)
+            gauge.labels("output_tokens").set(demand.output_tokens)
+        for phase, obs, exp in (
+            ("ttft", observed.ttft_ms, d.expected_ttft_ms),
+            ("itl", observed.itl_ms, d.expected_itl_ms),
+        ):
+            if obs is not None:
+                m.latency.labels(phase, "observed").set(obs / 1000)
+            if exp is not None:
+                m.latency.labels(phase, "expected").set(exp / 1000)
+        m.correction.labels("ttft").set(d.state.ttft_correction)
+        m.correction.labels("itl").set(d.state.itl_correction)
+        m.capacity.labels("prefill").set(d.prefill_capacity)
+        m.capacity.labels("decode").set(d.decode_capacity)
+
     async def _write(self, decision: Decision) -> bool:
+        return await self._write_target(decision.replicas, decision.reason, {})
+
+    async def _write_target(self, replicas: int, reason: str, pools: dict[str, int]) -> bool:
         target = ReplicaTarget(
             model=self.config.model,
-            replicas=decision.replicas,
-            reason=decision.reason,
+            replicas=replicas,
+            reason=reason,
             decided_at=self._wall_clock(),
+            pools=pools,
+            planner=self._instance_id,
         )
         try:
-            await self._store.write(target)
+            written = await self._store.write(target, self._guard)
         except ETCD_ERRORS as exc:
             log.warning("could not write the replica target (retrying next interval): %s", exc)
             return False
-        return True
+        if not written:
+            log.warning("not the leader any more; the replica target was not written")
+        return written
+
+
+def _pools(sizes: dict[str, int]) -> str:
+    return ",".join(f"{pool}:{n}" for pool, n in sorted(sizes.items())) or "-"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -1,9 +1,10 @@
 """The planner's one output: the desired size of a model's worker pool, as an etcd record.
 
 Key `tandem/{namespace}/planner/replicas/{model}` holds JSON
-`{"model", "replicas", "reason", "decided_at"}`. It is a plain put, not bound
-to a lease: the target must outlive a planner restart, and a connector that
-loses the planner must keep the pool as it was rather than shrink it.
+`{"model", "replicas", "reason", "decided_at", "pools", "planner"}`. It is not
+bound to a lease: the target must outlive a planner restart, and a connector
+that loses the planner must keep the pool as it was rather than shrink it.
+A planner writes it only while it is the model's leader (`election.py`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field
 
 from etcd3aio import Etcd3Client
 from tandem.runtime.etcd_client import ETCD_ERRORS
@@ -20,16 +21,25 @@ from tandem.runtime.keys import replicas_key
 
 log = logging.getLogger(__name__)
 _RETRY_SECONDS = 1.0
+# (key, value) -> whether it was written: how a leader writes only while it leads.
+Guard = Callable[[str, str], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaTarget:
-    """How many workers of `model` should run, why, and when that was decided (unix seconds)."""
+    """How many workers of `model` should run, why, and when that was decided (unix seconds).
+
+    `pools` splits `replicas` by role when the model is served disaggregated
+    (`{"prefill": 2, "decode": 3}`), empty for one aggregated pool; `planner`
+    is the instance id of the planner that wrote it ("" for `tandem up`).
+    """
 
     model: str
     replicas: int
     reason: str
     decided_at: float
+    pools: dict[str, int] = field(default_factory=dict)
+    planner: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -44,10 +54,12 @@ class ReplicaTarget:
                 replicas=int(data["replicas"]),
                 reason=str(data.get("reason", "")),
                 decided_at=float(data.get("decided_at", 0.0)),
+                pools={str(k): int(v) for k, v in (data.get("pools") or {}).items()},
+                planner=str(data.get("planner", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a replica target: {raw!r}") from exc
-        if target.replicas < 0:
+        if target.replicas < 0 or any(n < 0 for n in target.pools.values()):
             raise ValueError(f"negative replica count in {raw!r}")
         return target
 
@@ -65,10 +77,16 @@ class TargetStore:
             return None
         return ReplicaTarget.from_json(resp.kvs[0].value)
 
-    async def write(self, target: ReplicaTarget) -> None:
-        """A plain put (no lease): the target outlives its writer."""
+    async def write(self, target: ReplicaTarget, guard: Guard | None = None) -> bool:
+        """Put the target (no lease: it outlives its writer); False if `guard` refused.
+
+        `guard(key, value)` writes in its own way (the leader's conditional put).
+        """
         key = replicas_key(self._namespace, target.model)
+        if guard is not None:
+            return await guard(key, target.to_json())
         await self._client.kv.put(key, target.to_json(), timeout=5)  # type: ignore[union-attr]
+        return True
 
     async def follow(self, model: str) -> AsyncIterator[ReplicaTarget | None]:
         """Yield the current target, then every change (None: the key was deleted).

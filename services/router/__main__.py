@@ -17,6 +17,7 @@ from tandem.runtime.logs import setup_logging
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
 from tandem.runtime.service_main import run_service
+from tandem.runtime.tracing import Tracing
 from tandem.runtime.wire import router_pb2_grpc
 
 from .config import RouterConfig
@@ -40,7 +41,8 @@ async def serve(config: RouterConfig, stop: asyncio.Event, ready: asyncio.Event)
     await discovery.start()
     metrics = RouterMetrics()
     routers = ModelRouters(config, discovery, messaging=messaging, metrics=metrics)
-    service = RouterService(routers, model=config.model)
+    tracing = Tracing.start("tandem-router", config.otel_exporter)
+    service = RouterService(routers, model=config.model, tracer=tracing.tracer)
     await service.start()
 
     server, port = await start_server(
@@ -73,6 +75,7 @@ async def serve(config: RouterConfig, stop: asyncio.Event, ready: asyncio.Event)
         if http is not None:
             await http.cleanup()
         await messaging.close()
+        await asyncio.to_thread(tracing.shutdown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,7 +37,7 @@ from .approx_index import ApproxIndex
 from .config import RoutingConfig
 from .kv_event_follower import KvEventFollower
 from .load_sharing import LoadSharing
-from .metrics import RouterMetrics
+from .metrics import ModelRouterMetrics, RouterMetrics
 from .radix_index import RadixIndex
 from .worker_view import WorkerView, candidates
 
@@ -58,7 +58,7 @@ class KvRouter(BaseRouter):
         workers: WorkerView,
         *,
         messaging: Messaging | None = None,
-        metrics: RouterMetrics | None = None,
+        metrics: ModelRouterMetrics | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         router_id: str | None = None,
@@ -69,8 +69,8 @@ class KvRouter(BaseRouter):
         self.index = RadixIndex()
         self.load = ActiveLoadManager(clock)
         self.load.on_release = self._wake_waiters
-        # Several routers (one per model) may share one RouterMetrics; else a registry of its own.
-        self.metrics = metrics if metrics is not None else RouterMetrics()
+        # Every model's router reports into one shared RouterMetrics; else a registry of its own.
+        self.metrics = metrics if metrics is not None else RouterMetrics().for_model("")
         self._workers = workers
         self._messaging = messaging
         self._rng = rng or random.Random()
@@ -217,10 +217,12 @@ class KvRouter(BaseRouter):
         """The best worker below the busy threshold and its overlap, or None when all are busy."""
         instances = self._workers.instances
         refused = self._refused
-        if exclude or refused:
-            ids = [iid for iid in instances if iid not in exclude and iid not in refused]
-        else:
-            ids = list(instances)
+        # A draining worker is still registered (its streams finish) but takes nothing new.
+        ids = [
+            iid
+            for iid, info in instances.items()
+            if not info.draining and iid not in exclude and iid not in refused
+        ]
         if not ids:
             candidates(self._workers, exclude)  # raises NoWorkersError with the reason
             raise NoWorkersError(f"no worker available (refused: {sorted(refused)})")

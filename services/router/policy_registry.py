@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from .api import BaseRouter
     from .config import RoutingConfig
-    from .metrics import RouterMetrics
+    from .metrics import ModelRouterMetrics
     from .worker_view import WorkerView
 
 
@@ -33,8 +33,8 @@ class RouterDeps:
     """Connected NATS: `kv` follows KV events and load reports and shares load with replicas."""
     discovery: Discovery | None = None
     """etcd, for policies that look up more than their worker view."""
-    metrics: RouterMetrics | None = None
-    """Shared by several routers (one per model); None: the router makes its own."""
+    metrics: ModelRouterMetrics | None = None
+    """The model's share of the process's router metrics; None: the router makes its own."""
     clock: Callable[[], float] = time.monotonic
     """What `kv` ages load reports and requests by (a simulated fleet passes its own)."""
     rng: random.Random | None = None

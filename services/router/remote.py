@@ -8,6 +8,7 @@ from collections.abc import Collection
 
 import grpc
 from tandem.runtime.grpc_util import create_channel
+from tandem.runtime.tracing import context_to_metadata
 from tandem.runtime.wire import router_pb2, router_pb2_grpc
 
 from .api import BaseRouter, NoWorkersError, RouterBusyError, RouteResult
@@ -62,7 +63,10 @@ class RemoteRouter(BaseRouter):
             max_tokens=max_tokens,
         )
         try:
-            decision = await self.stub.Route(request, timeout=ROUTE_TIMEOUT_SECONDS)
+            # The request's trace context: the router's span joins the request's trace.
+            decision = await self.stub.Route(
+                request, timeout=ROUTE_TIMEOUT_SECONDS, metadata=tuple(context_to_metadata())
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise RouterBusyError(exc.details() or "router busy") from None

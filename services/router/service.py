@@ -8,7 +8,12 @@ both with HTTP 503).
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import grpc
+from opentelemetry.trace import SpanKind, Tracer
+from tandem.runtime.tracing import context_from_metadata
 from tandem.runtime.wire import router_pb2, router_pb2_grpc
 
 from .api import BaseRouter, NoWorkersError, RouterBusyError
@@ -18,8 +23,11 @@ from .model_routers import ModelRouters
 class RouterService(router_pb2_grpc.RouterServicer):
     """Serves Route / PrefillDone / Free; owns which models get a router (`routers` builds them)."""
 
-    def __init__(self, routers: ModelRouters, model: str = "") -> None:
+    def __init__(
+        self, routers: ModelRouters, model: str = "", tracer: Tracer | None = None
+    ) -> None:
         self.routers = routers
+        self._tracer = tracer
         self._fixed_model = model
         self._known_models: set[str] = set()
 
@@ -55,13 +63,16 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteDecision:
         try:
-            router = await self.router_for(request.model)
-            result = await router.route(
-                request.request_id,
-                list(request.token_ids),
-                exclude=frozenset(request.exclude_instance_ids),
-                max_tokens=request.max_tokens,
-            )
+            with self._span(request, context) as span:
+                router = await self.router_for(request.model)
+                result = await router.route(
+                    request.request_id,
+                    list(request.token_ids),
+                    exclude=frozenset(request.exclude_instance_ids),
+                    max_tokens=request.max_tokens,
+                )
+                if span is not None:
+                    span.set_attribute("tandem.instance_id", result.instance_id)
         except NoWorkersError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except RouterBusyError as exc:
@@ -71,6 +82,17 @@ class RouterService(router_pb2_grpc.RouterServicer):
             endpoint=result.endpoint,
             overlap_blocks=result.overlap_blocks,
             prompt_blocks=result.prompt_blocks,
+        )
+
+    def _span(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext) -> Any:
+        """A span for one Route call, parented on the frontend's (the request's one trace)."""
+        if self._tracer is None:
+            return contextlib.nullcontext()
+        return self._tracer.start_as_current_span(
+            "Router.Route",
+            context=context_from_metadata(context.invocation_metadata()),
+            kind=SpanKind.SERVER,
+            attributes={"tandem.request_id": request.request_id, "tandem.model": request.model},
         )
 
     # Free / PrefillDone carry no model: every router is told (cheap, idempotent, and no

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from tandem.runtime.config import RuntimeConfig, option
 
+from .kv_transfer.config import KvTransferConfig
 from .registry import ENGINES
 
 
@@ -47,7 +48,20 @@ class WorkerConfig(RuntimeConfig):
         "--metrics-port values count up from the given port, one per worker",
     )
     disaggregation_mode: str = option(
-        "aggregated", "role of this worker (prefill/decode come later)", choices=("aggregated",)
+        "aggregated",
+        "role of this worker: aggregated (prefill and decode here), prefill (only prefill "
+        "jobs from the queue; routers send it no requests) or decode (long prompts may be "
+        "prefilled on a prefill worker, the KV moved here)",
+        choices=("aggregated", "prefill", "decode"),
+    )
+    remote_prefill_timeout: float = option(
+        10.0,
+        "decode role: seconds a request waits for its remote prefill (queue + prefill + KV "
+        "transfer) before this worker prefills it itself",
+    )
+    kv_transfer: KvTransferConfig = option(
+        help="prefill and decode roles of the torch engine: how KV blocks move",
+        default_factory=KvTransferConfig,
     )
     kv_event_buffer: int = option(4096, "KV events kept for Worker.KvEventsSince")
     load_report_interval: float = option(
@@ -56,12 +70,22 @@ class WorkerConfig(RuntimeConfig):
     shutdown_grace_seconds: float = option(
         0.0, "on SIGTERM, seconds in-flight streams may still finish before they are aborted"
     )
+    drain_timeout: float = option(
+        10.0,
+        "on SIGTERM, seconds the worker stays registered as draining (routers send it "
+        "nothing new) while its in-flight requests finish, before it leaves etcd; requests "
+        "still running then move to other workers; 0 = leave at once",
+    )
 
     def __post_init__(self) -> None:
         if self.kv_event_buffer <= 0:
             raise ValueError("kv_event_buffer must be positive")
         if self.load_report_interval <= 0:
             raise ValueError("load_report_interval must be positive")
+        if self.remote_prefill_timeout <= 0:
+            raise ValueError("remote_prefill_timeout must be positive")
+        if self.drain_timeout < 0:
+            raise ValueError(f"drain_timeout must be >= 0, got {self.drain_timeout}")
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be at least 1, got {self.num_workers}")
         if not self.instance_id:

@@ -182,28 +182,36 @@ class PushEngine(BaseEngine):
         each step's output; after the last one (or an abort) never again.
         """
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        outputs: deque[EngineOutput] = deque()
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] | None = None
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        return listened(lambda listener: self.submit(request, listener))
 
-        def listener(out: EngineOutput) -> None:
-            outputs.append(out)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
 
-        abort = self.submit(request, listener)
-        try:
-            while True:
-                while not outputs:
-                    waiter = loop.create_future()
-                    await waiter
-                out = _merged(outputs)
-                yield out
-                if out.finish_reason is not None:
-                    return
-        finally:
-            abort()
+async def listened(
+    submit: Callable[[OutputListener], Callable[[], None]],
+) -> AsyncIterator[EngineOutput]:
+    """The outputs of a request started by `submit(listener)` (which returns its abort), as an
+    async iterator; closing it early aborts the request. `submit` runs at the first step."""
+    outputs: deque[EngineOutput] = deque()
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] | None = None
+
+    def listener(out: EngineOutput) -> None:
+        outputs.append(out)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    abort = submit(listener)
+    try:
+        while True:
+            while not outputs:
+                waiter = loop.create_future()
+                await waiter
+            out = _merged(outputs)
+            yield out
+            if out.finish_reason is not None:
+                return
+    finally:
+        abort()
 
 
 def _merged(outputs: deque[EngineOutput]) -> EngineOutput:

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry.trace import SpanKind, Tracer
@@ -22,10 +22,14 @@ from .engine import (
     EngineStoppedError,
     PushEngine,
     SamplingConfig,
+    listened,
 )
 from .generate_stream import Emit, RequestFailed, serve_generate_stream
 from .kv_publisher import KvEventPublisher
 from .metrics import WorkerMetrics
+
+if TYPE_CHECKING:
+    from .disagg.decode_side import DecodeCoordinator
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,12 @@ def response_fields(out: EngineOutput) -> worker_pb2.GenerateResponse | dict[str
 TraceContext = Mapping[str, str] | Iterable[tuple[str, str | bytes]]
 
 
+def _headers(trace_context: TraceContext) -> dict[str, str]:
+    """Trace context as NATS headers (a prefill job carries the request's trace on)."""
+    items = trace_context.items() if isinstance(trace_context, Mapping) else trace_context
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in items}
+
+
 class _RequestRecord:
     """One request's metrics, load pokes and span on this worker, from arrival to end."""
 
@@ -138,6 +148,7 @@ class _RequestRecord:
         self._first = True
         self.closed = False
         service.metrics.in_flight.inc()
+        service.num_in_flight += 1
         service.on_load_change()
 
     def output(self, out: EngineOutput) -> None:
@@ -156,6 +167,7 @@ class _RequestRecord:
         self.closed = True
         m = self._service.metrics
         m.in_flight.dec()
+        self._service.num_in_flight -= 1
         m.requests.labels(finish).inc()
         if self._span is not None:
             self._span.set_attribute("tandem.finish_reason", finish)
@@ -182,7 +194,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self.publisher = publisher
         self.metrics = metrics
         self.ready = False
+        self.num_in_flight = 0  # requests started and not ended: what a drain waits for
         self.on_load_change = on_load_change
+        # A decode worker's remote prefills (disagg/decode_side.py); None: every request
+        # is prefilled here, `remote_prefill` or not.
+        self.remote_prefill: DecodeCoordinator | None = None
 
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -229,7 +245,16 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self._check(request)
         record = _RequestRecord(self, request, trace_context)
         finish = "abort"
-        stream = self.engine.generate(to_engine_request(request))
+        remote = self.remote_prefill
+        if remote is not None and request.HasField("remote_prefill"):
+            engine_request = to_engine_request(request)
+            stream = listened(
+                lambda listener: remote.submit(
+                    request, engine_request, listener, _headers(trace_context)
+                )
+            )
+        else:
+            stream = self.engine.generate(to_engine_request(request))
         try:
             try:
                 async for out in stream:
@@ -264,7 +289,12 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 record.close(out.finish_reason)
 
         try:
-            abort = self.engine.submit(to_engine_request(request), on_output)
+            if self.remote_prefill is not None and request.HasField("remote_prefill"):
+                abort = self.remote_prefill.submit(
+                    request, to_engine_request(request), on_output, _headers(trace_context)
+                )
+            else:
+                abort = self.engine.submit(to_engine_request(request), on_output)
         except EngineError as exc:
             record.close("invalid")
             raise self._rejected(request, exc) from None

@@ -11,8 +11,9 @@ of etcd together when the lease's TTL runs out (10 s), and a SIGTERM revokes
 it first, so routers drop every one of them at once, before any stops serving.
 
 Start order: NATS (KV stream) -> etcd lease -> model card check and write ->
-every worker (concurrently) -> model card keeper. Stop: lease revoked, then
-every worker stops, then NATS closes.
+every worker (concurrently) -> model card keeper. Stop: every worker drains
+(marked draining in etcd, in-flight requests finish, `--drain-timeout`), then
+the lease is revoked, then every worker stops, then NATS closes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tandem.runtime.messaging import Messaging
 from tandem.runtime.model_card import ModelCard
 from tandem.runtime.startup import StartupError
 from tandem.runtime.tasks import cancel_and_wait
+from tandem.runtime.tracing import Tracing
 
 from .config import WorkerConfig
 from .server import Endpoints, WorkerServer
@@ -41,12 +43,17 @@ class WorkerHost:
 
     def __init__(self, config: WorkerConfig, engine_config: Any) -> None:
         self.config = config
+        # One tracer provider (one exporter, one batch thread) for every hosted worker;
+        # first, so a bad OTEL_* setting stops the start before anything is connected.
+        self.tracing = Tracing.start("tandem-worker", config.otel_exporter)
         self.messaging = Messaging(
             config.nats, config.namespace, name=f"worker-{config.instance_id}"
         )
         self.discovery = Discovery(config.etcd, config.namespace)
         self.workers = [
-            WorkerServer(config, engine_config, self.messaging, self.discovery, index)
+            WorkerServer(
+                config, engine_config, self.messaging, self.discovery, index, self.tracing.tracer
+            )
             for index in range(config.num_workers)
         ]
         self._card_task: asyncio.Task[None] | None = None
@@ -71,12 +78,16 @@ class WorkerHost:
         return endpoints
 
     async def stop(self) -> None:
+        # Drain first, while still registered: routers stop sending new work and
+        # the frontend keeps the streams it has, so scaling down cuts none.
+        await asyncio.gather(*(w.drain(self.config.drain_timeout) for w in self.workers))
         for worker in self.workers:
             worker.stop_accepting()
         await cancel_and_wait(self._card_task)
         await self.discovery.close()  # revokes the lease: routers drop every worker at once
         await asyncio.gather(*(worker.stop() for worker in self.workers))
         await self.messaging.close()
+        await asyncio.to_thread(self.tracing.shutdown)  # the last spans are exported too
 
     async def _check_block_size(self, card: ModelCard) -> None:
         """Refuse to start where the model is already served with KV blocks of another size.

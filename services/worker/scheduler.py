@@ -17,6 +17,14 @@ admitted in a step that preempted.
 One step is `schedule()`, the engine computes (or simulates) the batch and
 picks one token per `batch.sampled`, then `postprocess()`.
 
+Disaggregated serving adds two states outside the step. A decode worker
+`park()`s a request whose prompt another worker prefills: all its blocks are
+allocated at once (cached prefix matched), and it is not scheduled until
+`resume_remote()` (its KV arrived: those blocks are marked computed and the
+first token appended) or `resume_local()` (prefill it here after all). A
+prefill worker's sequence has `pin_blocks`: when it finishes, its blocks stay
+held (`pinned`) until `release()`, once the transfer has read them.
+
 Not thread-safe: only the engine's step loop calls it.
 """
 
@@ -65,6 +73,8 @@ class Scheduler(Generic[S]):
         self.config = config
         self.waiting: deque[S] = deque()
         self.running: list[S] = []
+        self.parked: set[S] = set()  # awaiting KV from a prefill worker
+        self.pinned: set[S] = set()  # finished prefill-only, blocks held for the transfer
         self.num_preemptions = 0
         # Blocks kept free when admitting, so running decodes can grow.
         self._watermark_blocks = int(config.watermark * block_manager.num_blocks)
@@ -102,7 +112,7 @@ class Scheduler(Generic[S]):
             total_blocks=bm.num_blocks,
             active_blocks=bm.num_active_blocks,
             cached_blocks=bm.num_cached_blocks,
-            num_running=len(self.running),
+            num_running=len(self.running) + len(self.parked),
             num_waiting=len(self.waiting),
             pending_prefill_tokens=self.num_pending_prefill_tokens,
             prefix_cache_hit_rate=bm.prefix_cache_hit_rate,
@@ -120,13 +130,62 @@ class Scheduler(Generic[S]):
             return
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
+        elif seq.status is SequenceStatus.PARKED:
+            self.parked.discard(seq)
         elif seq in self.waiting:  # not there when it never was added
             self.waiting.remove(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         if seq.table is not None:
-            self.block_manager.free(seq.table)
-            seq.table = None
+            if seq.pin_blocks and reason != "abort":
+                self.pinned.add(seq)
+            else:
+                self.block_manager.free(seq.table)
+                seq.table = None
+
+    # -- disaggregated serving --------------------------------------------------
+
+    def park(self, seq: S) -> bool:
+        """Allocate all of `seq`'s blocks and hold it unscheduled; False (unchanged) if they
+        do not fit now (the caller prefills it locally instead)."""
+        if not self._allocate(seq):
+            return False
+        seq.status = SequenceStatus.PARKED
+        self.parked.add(seq)
+        return True
+
+    def resume_remote(self, seq: S, first_token: int) -> bool:
+        """`seq`'s prompt KV landed in its blocks: mark them computed, append the first token
+        and decode on. False when `seq` is not parked (it ended meanwhile)."""
+        if seq not in self.parked:
+            return False
+        self.parked.discard(seq)
+        assert seq.table is not None
+        seq.num_computed_tokens = len(seq.token_ids)
+        self.block_manager.mark_computed(seq.table, seq.token_ids, seq.num_computed_tokens)
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        reason = seq.append(first_token)
+        if reason is not None:
+            self.finish(seq, reason)
+        return True
+
+    def resume_local(self, seq: S) -> bool:
+        """Prefill parked `seq` here after all (chunked, like any running prefill)."""
+        if seq not in self.parked:
+            return False
+        self.parked.discard(seq)
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        return True
+
+    def release(self, seq: S) -> None:
+        """Unpin a finished prefill-only sequence's blocks (hashed ones stay cached)."""
+        if seq in self.pinned:
+            self.pinned.discard(seq)
+            if seq.table is not None:
+                self.block_manager.free(seq.table)
+                seq.table = None
 
     # -- one step --------------------------------------------------------------
 
@@ -218,6 +277,13 @@ class Scheduler(Generic[S]):
         return n
 
     def _admit(self, seq: S) -> bool:
+        if not self._allocate(seq):
+            return False
+        seq.status = SequenceStatus.RUNNING
+        return True
+
+    def _allocate(self, seq: S) -> bool:
+        """`seq`'s block table for its whole prompt (cached prefix reused), or False."""
         bm = self.block_manager
         hashes = seq.prompt_hashes
         # Hashed once while it waits: its tokens change only by a preemption's output.
@@ -237,7 +303,6 @@ class Scheduler(Generic[S]):
         seq.num_computed_tokens = table.num_cached_tokens
         if seq.num_cached_tokens < 0:
             seq.num_cached_tokens = table.num_cached_tokens
-        seq.status = SequenceStatus.RUNNING
         return True
 
     def _grow(self, seq: S, scheduled: set[S]) -> bool:

@@ -19,6 +19,8 @@ class SequenceStatus(enum.Enum):
     WAITING = enum.auto()
     RUNNING = enum.auto()
     FINISHED = enum.auto()
+    # Blocks allocated, not scheduled: its KV is being prefilled on another worker.
+    PARKED = enum.auto()
 
 
 @dataclass(slots=True, eq=False, kw_only=True)
@@ -51,6 +53,9 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    # Prefill-only (a prefill worker's job): when it finishes, its blocks stay held
+    # until `Scheduler.release`, so the transfer reads KV nothing else overwrites.
+    pin_blocks: bool = False
 
     def __post_init__(self, eos_token_ids: tuple[int, ...]) -> None:
         self.num_prompt_tokens = len(self.token_ids)

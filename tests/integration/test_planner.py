@@ -22,10 +22,12 @@ from tandem.runtime.keys import replicas_key
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
 
-from tests.support.checks import scrape, wait_until
+from tests.support.checks import metric_value, scrape, wait_until
 from tests.support.processes import ServiceProcess, infra_flags
 
 MODEL = "planner-test-model"
+
+
 TOTAL_BLOCKS = 100
 
 
@@ -74,10 +76,10 @@ async def pool(infra: LocalInfra, namespace: str) -> AsyncIterator[FakePool]:
     await discovery.close()
 
 
-def start_planner(infra: LocalInfra, namespace: str, log_dir: Path) -> ServiceProcess:
+def start_planner(infra: LocalInfra, namespace: str, log_dir: Path, *extra: str) -> ServiceProcess:
     args = [*infra_flags(infra, namespace), "--model", MODEL, "--adjustment-interval", "0.3",
             "--max-workers", "3", "--scale-down-intervals", "2", "--metrics-host", "127.0.0.1",
-            "--log-level", "DEBUG"]  # fmt: skip
+            "--log-level", "DEBUG", *extra]  # fmt: skip
     proc = ServiceProcess("tandem.planner", args, log_dir)
     proc.wait_log("planner ready", timeout=30)
     return proc
@@ -97,8 +99,9 @@ async def test_planner_scales_up_under_kv_pressure_and_back_down(
         await wait_until(lambda: replicas_is(2), 20, "the target to reach 2 workers")
         target = await pool.target()
         assert target is not None
-        assert set(target) == {"model", "replicas", "reason", "decided_at"}
-        assert target["model"] == MODEL
+        assert set(target) == {"model", "replicas", "reason", "decided_at", "pools", "planner"}
+        assert target["model"] == MODEL and target["pools"] == {}
+        assert re.search(rf"planner ready instance_id={target['planner']} ", planner.log_text())
         assert "kv_usage=0.95" in target["reason"]
         assert abs(target["decided_at"] - time.time()) < 30
 
@@ -120,10 +123,13 @@ async def test_planner_scales_up_under_kv_pressure_and_back_down(
         assert re.search(r"scaling \S+ up: 1 -> 2 workers", log), log
         [metrics] = re.findall(r"planner ready .* metrics=(\S+)", log)
         text = await asyncio.to_thread(scrape, f"http://{metrics}/metrics")
-        assert 'tandem_planner_scaling_events_total{direction="up"} 1.0' in text, text
-        assert 'tandem_planner_scaling_events_total{direction="down"} 1.0' in text
-        assert "tandem_planner_desired_replicas 1.0" in text
-        assert "tandem_planner_observed_replicas 2.0" in text
+        assert metric_value(text, "tandem_planner_scaling_events_total", direction="up") == 1.0, (
+            text
+        )
+        assert metric_value(text, "tandem_planner_scaling_events_total", direction="down") == 1.0
+        assert metric_value(text, "tandem_planner_desired_replicas") == 1.0
+        assert metric_value(text, "tandem_planner_observed_replicas") == 2.0
+        assert metric_value(text, "tandem_planner_is_leader") == 1.0
     finally:
         assert planner.stop() == 0, planner.log_text()
 
@@ -158,6 +164,10 @@ async def test_restarted_planner_resumes_from_the_target_in_etcd(
         (["--scale-down-kv-usage", "0.9"], "must be below --scale-up-kv-usage"),
         (["--min-workers", "0"], "--min-workers must be at least 1"),
         (["--adjustment-interval", "abc"], "invalid"),
+        (["--mode", "sla"], "--mode sla needs --profile"),
+        (["--mode", "sla", "--profile", "p.json"], "--mode sla needs --frontend-url"),
+        (["--predictor", "arima"], "invalid choice: 'arima'"),
+        (["--leader-lease-ttl", "1"], "--leader-lease-ttl must be at least 2 seconds"),
     ],
 )
 def test_bad_flags_exit_with_a_usage_error(flags: list[str], message: str) -> None:
@@ -166,4 +176,16 @@ def test_bad_flags_exit_with_a_usage_error(flags: list[str], message: str) -> No
     )
     assert result.returncode == 2
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_profile_is_one_line_and_exit_78(tmp_path: Path) -> None:
+    missing = tmp_path / "none.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tandem.planner", "--mode", "sla", "--profile", str(missing),
+         "--frontend-url", "http://127.0.0.1:1"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 78, result.stderr
+    assert f"cannot read profile {missing}" in result.stderr
     assert "Traceback" not in result.stderr

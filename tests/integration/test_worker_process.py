@@ -19,7 +19,7 @@ import pytest
 from tandem.launcher.local_infra import LocalInfra
 from tandem.runtime.discovery import Discovery
 from tandem.runtime.messaging import Messaging
-from tandem.runtime.model_card import ModelCard
+from tandem.runtime.model_card import DEFAULT_MODEL_NAME, ModelCard
 from tandem.runtime.startup import EXIT_CANNOT_START
 from tandem.runtime.wire import kv_events_pb2, worker_pb2, worker_pb2_grpc
 
@@ -100,7 +100,11 @@ async def test_generate_streams_tokens_over_grpc(worker: Worker) -> None:
 
     text = await asyncio.to_thread(scrape, f"http://{worker.metrics}/metrics")
     assert "tandem_worker_prefill_latency_seconds_count" in text
-    assert re.search(r"^tandem_worker_requests_total\{finish_reason=\"length\"\} [1-9]", text, re.M)
+    # Every sample carries the worker's model, instance id and role (labels sorted by name).
+    labels = f'model="{DEFAULT_MODEL_NAME}",role="aggregated",worker="{worker.instance_id}"'
+    assert re.search(
+        rf'^tandem_worker_requests_total\{{finish_reason="length",{labels}\}} [1-9]', text, re.M
+    ), text
     for name in (
         "kv_usage_ratio",
         "prefix_cache_hit_ratio",
@@ -108,7 +112,7 @@ async def test_generate_streams_tokens_over_grpc(worker: Worker) -> None:
         "running_requests",
         "decode_step_seconds",
     ):
-        assert f"tandem_worker_{name} " in text
+        assert f"tandem_worker_{name}{{{labels}}} " in text
 
 
 async def test_rejections_carry_their_status_on_generate_and_generate_stream(
@@ -350,7 +354,7 @@ async def test_sigterm_aborts_streams_and_deregisters_at_once(
     await discovery.start()
     try:
         view = await discovery.instance_set("worker").start()
-        w = start_worker(infra, namespace, log_dir)
+        w = start_worker(infra, namespace, log_dir, "--drain-timeout", "0")  # no drain
         await view.wait_for(lambda d: w.instance_id in d, 10)
         async with grpc.aio.insecure_channel(w.endpoint) as channel:
             stub = worker_pb2_grpc.WorkerStub(channel)

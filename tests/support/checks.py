@@ -8,6 +8,8 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 
+from prometheus_client.parser import text_string_to_metric_families
+
 
 async def wait_until(
     predicate: Callable[[], bool | Awaitable[bool]], within: float, what: str
@@ -30,3 +32,12 @@ def scrape(url: str) -> str:
     """The text of an HTTP page (a service's /metrics)."""
     with urllib.request.urlopen(url, timeout=5) as resp:
         return str(resp.read().decode())
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of the series `name` whose labels include `labels` on a /metrics page."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    return None

@@ -61,6 +61,14 @@ class MockerConfig:
     decode_kv_token_seconds: float = option(
         40e-9, "decode cost per context token read (KV bandwidth)"
     )
+    kv_bytes_per_token: int = option(
+        131_072,
+        "KV cache bytes per token of the simulated model (an 8B Llama in bf16: 32 layers x "
+        "8 KV heads x 128 dims x K+V x 2 bytes); what a disaggregated transfer moves",
+    )
+    kv_transfer_bandwidth: float = option(
+        25.0, "GB/s between workers for disaggregated KV transfers (simulated, no bytes move)"
+    )
 
     def __post_init__(self) -> None:
         if self.num_kv_blocks <= 0:
@@ -69,6 +77,8 @@ class MockerConfig:
             raise ValueError("vocab_size and context_length must be at least 2")
         if self.speedup_ratio <= 0:
             raise ValueError("speedup_ratio must be positive")
+        if self.kv_bytes_per_token <= 0 or self.kv_transfer_bandwidth <= 0:
+            raise ValueError("kv_bytes_per_token and kv_transfer_bandwidth must be positive")
 
     @property
     def resolved_model_path(self) -> str:

@@ -9,6 +9,13 @@ wakes per request and token.
 Generated tokens are pseudo-random ids in [0, vocab_size), never EOS: without
 a stop token a request runs to `max_tokens` (or the context length), which is
 what load tests want. `stop_token_ids` are honoured if drawn.
+
+Disaggregated roles (`disagg.engine_hooks.DisaggEngine`): a decode worker parks a
+request with its blocks allocated until the KV "arrives"; a prefill worker runs
+prefill only and pins the blocks until the simulated transfer
+(`SimulatedTransport`, bytes / `--kv-transfer-bandwidth`) is over. Tokens are a
+function of the prompt, so a request served disaggregated gets the tokens it
+would have got aggregated.
 """
 
 from __future__ import annotations
@@ -23,7 +30,17 @@ from tandem.runtime.model_card import ModelCard
 from tandem.runtime.tasks import cancel_and_wait
 
 from ..admission import EngineLimits, admit
-from ..engine import EngineRequest, EngineStats, OutputListener, PushEngine
+from ..disagg.engine_hooks import ParkedRequest, PrefillResult
+from ..disagg.sim_transport import SimulatedTransport
+from ..engine import (
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    OutputListener,
+    PushEngine,
+    TokenLogprob,
+)
 from ..kv_event_sink import KvEventSink
 from ..scheduler import ScheduledBatch, Scheduler
 from .config import MockerConfig
@@ -77,9 +94,11 @@ class MockerEngine(PushEngine):
         await cancel_and_wait(self._task)
         self._task = None
         sched = self.scheduler
-        ended = [*sched.running, *sched.waiting]
+        ended = [*sched.running, *sched.waiting, *sched.parked]
         for seq in ended:
             sched.finish(seq, "abort")
+        for seq in list(sched.pinned):
+            sched.release(seq)
         self._deliver(ended)
 
     def submit(self, request: EngineRequest, listener: OutputListener) -> Callable[[], None]:
@@ -99,6 +118,91 @@ class MockerEngine(PushEngine):
 
     def stats(self) -> EngineStats:
         return self.scheduler.stats(self._prefill_avg, self._decode_avg)
+
+    # -- disaggregated serving ---------------------------------------------------
+
+    def submit_parked(
+        self, request: EngineRequest, listener: OutputListener
+    ) -> tuple[Callable[[], None], ParkedRequest | None]:
+        seq = self.new_sequence(request)
+        seq.listener = listener
+        parked = None
+        if seq.is_finished:
+            asyncio.get_running_loop().call_soon(self._deliver, [seq])
+        elif self.scheduler.park(seq):
+            assert seq.table is not None
+            num_held = seq.table.num_cached_tokens // self.block_size
+            parked = ParkedRequest(
+                seq.request_id, seq.table.num_cached_tokens, seq.table.block_ids[num_held:], seq
+            )
+        else:
+            self.scheduler.add(seq)
+            self._wake.set()
+
+        def abort() -> None:
+            seq.listener = None
+            self.scheduler.finish(seq, "abort")
+
+        return abort, parked
+
+    def resume_parked(
+        self, parked: ParkedRequest, first_token: int | None, logprob: TokenLogprob | None
+    ) -> bool:
+        seq: MockSequence = parked.handle
+        sched = self.scheduler
+        if first_token is None:
+            resumed = sched.resume_local(seq)
+        else:
+            if seq not in sched.parked:
+                return False
+            seq.skip_token()
+            if logprob is not None and seq.params.logprobs:
+                seq.pending_logprobs.append(logprob)
+            resumed = sched.resume_remote(seq, first_token)
+            self._deliver([seq])
+        if resumed:
+            self._wake.set()
+        return resumed
+
+    async def prefill_only(self, request: EngineRequest) -> PrefillResult:
+        seq = self.new_sequence(request)
+        if seq.is_finished:
+            raise EngineError("nothing to prefill: the request has no tokens left to generate")
+        seq.max_new_tokens = 1
+        seq.pin_blocks = True
+        done: asyncio.Future[EngineOutput] = asyncio.get_running_loop().create_future()
+
+        def on_output(out: EngineOutput) -> None:
+            if out.finish_reason is not None and not done.done():
+                done.set_result(out)
+
+        seq.listener = on_output
+        self.scheduler.add(seq)
+        self._wake.set()
+        try:
+            out = await done
+        except BaseException:
+            seq.listener = None
+            self.scheduler.finish(seq, "abort")
+            self.scheduler.release(seq)
+            raise
+        if out.finish_reason not in ("stop", "length") or not out.token_ids or seq.table is None:
+            self.scheduler.release(seq)
+            raise EngineError(f"prefill ended with {out.finish_reason}: {out.error or ''}")
+        return PrefillResult(
+            first_token=out.token_ids[0],
+            logprob=out.logprobs[0] if out.logprobs else None,
+            block_ids=list(seq.table.block_ids),
+            release=lambda: self.scheduler.release(seq),
+        )
+
+    def kv_transport(self) -> SimulatedTransport:
+        cfg = self.config
+        return SimulatedTransport(
+            cfg.kv_bytes_per_token * self.block_size,
+            cfg.kv_transfer_bandwidth,
+            cfg.speedup_ratio,
+        )
 
     def new_sequence(self, request: EngineRequest) -> MockSequence:
         """A sequence for `request` under the worker's request rules, not yet scheduled."""

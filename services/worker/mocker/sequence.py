@@ -60,6 +60,13 @@ class MockSequence(Sequence):
             self.pending_logprobs.append(TokenLogprob(token, logprob, top if num_top else []))
         return token
 
+    def skip_token(self) -> None:
+        """Draw the next token and drop it: the first token came from a prefill worker, which
+        drew it from the same generator (same prompt, same seed), so the rest matches."""
+        self.draw_token()
+        if self.params.logprobs:
+            self.pending_logprobs.pop()
+
     def take_output(self) -> EngineOutput:
         """Everything produced since the last call, in one output."""
         start = self.num_prompt_tokens + self.num_delivered

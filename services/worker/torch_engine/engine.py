@@ -31,6 +31,7 @@ from tandem.worker.engine import (
 from tandem.worker.kv_event_sink import KvEventSink
 
 from .config import TorchEngineConfig
+from .disagg_hooks import DisaggHooks
 from .loader import name_from_path
 from .messages import AbortSequence, AddSequence, InboxMessage
 from .model import LlamaModel
@@ -43,8 +44,11 @@ from .streams import Outbox, Stream, deliver, make_output
 log = logging.getLogger(__name__)
 
 
-class TorchEngine(BaseEngine):
-    """Owns the model, the paged KV cache, the BlockManager and the scheduler thread."""
+class TorchEngine(DisaggHooks, BaseEngine):
+    """Owns the model, the paged KV cache, the BlockManager and the scheduler thread.
+
+    `DisaggHooks` (disagg_hooks.py) adds the prefill and decode roles' calls.
+    """
 
     def __init__(
         self,
@@ -63,6 +67,9 @@ class TorchEngine(BaseEngine):
         # Set by the engine thread once loaded; generate() accepts requests from then on.
         self._parts: EngineParts | None = None
         self._cv = threading.Condition()
+        # Held by the engine thread while it schedules and post-processes a step (not while
+        # the model runs): the disaggregated hooks change the scheduler from the event loop.
+        self._sched_lock = threading.Lock()
         self._inbox: list[InboxMessage] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -159,6 +166,10 @@ class TorchEngine(BaseEngine):
         """The snapshot the engine thread took after its last step (never a torn read)."""
         return self._stats
 
+    def _refresh_stats(self, parts: EngineParts) -> None:
+        """A new snapshot now (a hook changed the scheduler between steps; caller holds the lock)."""
+        self._stats = self._take_stats(parts)
+
     def _take_stats(self, parts: EngineParts) -> EngineStats:
         return parts.scheduler.stats(
             self._prefill_time[0] / max(1, self._prefill_time[1]),
@@ -204,6 +215,11 @@ class TorchEngine(BaseEngine):
             self._inbox.append(message)
             self._cv.notify()
 
+    def _wake(self) -> None:
+        """Make the engine thread look at the scheduler again (a parked request resumed)."""
+        with self._cv:
+            self._cv.notify()
+
     # -- engine thread ---------------------------------------------------------
 
     def _loop(self, parts: EngineParts) -> None:
@@ -215,18 +231,23 @@ class TorchEngine(BaseEngine):
                 inbox, self._inbox = self._inbox, []
                 stopping = self._stopping
             outbox: Outbox = []
-            for message in inbox:
-                seq = message.seq
-                if isinstance(message, AddSequence) and not stopping:
-                    sched.add(seq)
-                else:  # an abort, or an add that arrived as the engine stops
-                    sched.finish(seq, "abort")
-                    if isinstance(message, AddSequence):
+            with self._sched_lock:
+                for message in inbox:
+                    seq = message.seq
+                    if isinstance(message, AddSequence) and not stopping:
+                        sched.add(seq)
+                    else:  # an abort, or an add that arrived as the engine stops
+                        sched.finish(seq, "abort")
+                        sched.release(seq)  # a prefill-only one whose caller is gone
+                        if isinstance(message, AddSequence):
+                            self._emit(seq, outbox, finish="abort")
+                if stopping:
+                    for seq in [*sched.running, *sched.waiting, *sched.parked]:
+                        sched.finish(seq, "abort")
                         self._emit(seq, outbox, finish="abort")
+                    for seq in list(sched.pinned):
+                        sched.release(seq)
             if stopping:
-                for seq in [*sched.running, *sched.waiting]:
-                    sched.finish(seq, "abort")
-                    self._emit(seq, outbox, finish="abort")
                 self._stats = self._take_stats(parts)
                 deliver(outbox)
                 return
@@ -235,31 +256,36 @@ class TorchEngine(BaseEngine):
                     self._step(parts, outbox)
                 except Exception as exc:  # the engine must outlive one bad step
                     log.exception("torch engine step failed")
-                    for seq in list(sched.running):
-                        sched.finish(seq, "error")
-                        self._emit(seq, outbox, finish="error", error=str(exc))
+                    with self._sched_lock:
+                        for seq in list(sched.running):
+                            sched.finish(seq, "error")
+                            self._emit(seq, outbox, finish="error", error=str(exc))
             self._stats = self._take_stats(parts)
             deliver(outbox)
 
     def _step(self, parts: EngineParts, outbox: Outbox) -> None:
         sched = parts.scheduler
-        batch = sched.schedule()
-        if not batch:
-            if sched.waiting and not sched.running:
-                # Cannot happen with validated requests; never spin on it.
-                seq = sched.waiting[0]
-                sched.finish(seq, "error")
-                self._emit(seq, outbox, finish="error", error="request does not fit the KV cache")
-            return
+        with self._sched_lock:
+            batch = sched.schedule()
+            if not batch:
+                if sched.waiting and not sched.running:
+                    # Cannot happen with validated requests; never spin on it.
+                    seq = sched.waiting[0]
+                    sched.finish(seq, "error")
+                    self._emit(
+                        seq, outbox, finish="error", error="request does not fit the KV cache"
+                    )
+                return
         started = time.perf_counter()
         tokens, logprobs = parts.runner.step(batch)
         elapsed = time.perf_counter() - started
         timer = self._prefill_time if batch.prefills else self._decode_time
         timer[0] += elapsed
         timer[1] += 1
-        sched.postprocess(batch, tokens)
-        for seq, token, logprob in zip(batch.sampled, tokens, logprobs, strict=True):
-            self._emit(seq, outbox, token, logprob, finish=seq.finish_reason)
+        with self._sched_lock:
+            sched.postprocess(batch, tokens)
+            for seq, token, logprob in zip(batch.sampled, tokens, logprobs, strict=True):
+                self._emit(seq, outbox, token, logprob, finish=seq.finish_reason)
 
     def _emit(
         self,

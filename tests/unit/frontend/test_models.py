@@ -41,10 +41,11 @@ async def test_routed_decisions_of_every_model_show_in_the_frontend_metrics():
             assert model is not None and len(model.workers) == 1
             await model.router.route(f"r-{name}", list(range(64)))
             sample = registry.get_sample_value(
-                "tandem_router_decisions_total", {"instance_id": instance_id}
+                "tandem_router_decisions_total", {"model": name, "worker": instance_id}
             )
             assert sample == 1.0, name
-        assert registry.get_sample_value("tandem_router_prompt_blocks_total") == 8.0
+            blocks = registry.get_sample_value("tandem_router_prompt_blocks_total", {"model": name})
+            assert blocks == 4.0, name
     finally:
         await models.stop()
     # Per-model views do not log workers (the all-workers view does) and close at stop.
@@ -64,7 +65,7 @@ async def test_with_router_url_every_model_goes_to_the_router_service():
         routers = [m.router for m in models.known()]
         assert all(isinstance(r, RemoteRouter) for r in routers)
         assert sorted(r.model for r in routers) == ["model-a", "model-b"]  # type: ignore[attr-defined]
-        assert registry.get_sample_value("tandem_router_prompt_blocks_total") is None
+        assert not any(m.name.startswith("tandem_router") for m in registry.collect())
     finally:
         await models.stop()
 

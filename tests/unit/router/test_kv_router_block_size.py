@@ -64,10 +64,10 @@ async def test_a_worker_with_another_block_size_is_never_routed_to_and_logged_on
     assert picks == {"a", "c"}  # load spreads over both, never onto the idle b
     assert router.block_size == 64
     assert list(router.refused) == ["b"]
-    refusals = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(refusals) == 1, refusals
-    assert "16" in refusals[0] and "64" in refusals[0]
-    assert getattr(caplog.records[0], "instance_id", None) == "b"
+    refusals = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(refusals) == 1, [r.getMessage() for r in refusals]
+    assert "16" in refusals[0].getMessage() and "64" in refusals[0].getMessage()
+    assert getattr(refusals[0], "instance_id", None) == "b"
     with pytest.raises(NoWorkersError):
         await router.route("rx", tokens, exclude=["a", "c"])
 

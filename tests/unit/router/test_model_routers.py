@@ -39,10 +39,11 @@ async def test_every_models_kv_router_reports_into_the_shared_metrics():
     routers = ModelRouters(RoutingConfig(), two_models(), metrics=metrics)  # type: ignore[arg-type]
     for model, instance_id in (("model-a", "a1"), ("model-b", "b1")):
         route = await routers.build(model)
-        assert isinstance(route.router, KvRouter) and route.router.metrics is metrics
+        assert isinstance(route.router, KvRouter)
+        assert route.router.metrics is metrics.for_model(model)
         await route.router.route(f"r-{model}", list(range(32)))
         sample = metrics.registry.get_sample_value(
-            "tandem_router_decisions_total", {"instance_id": instance_id}
+            "tandem_router_decisions_total", {"model": model, "worker": instance_id}
         )
         assert sample == 1.0
     assert routers.metrics is metrics

@@ -82,7 +82,7 @@ async def test_registered_policy_is_a_valid_mode_and_make_router_builds_it(polic
     register_policy("first-worker", factory)
     config = RoutingConfig(router_mode="first-worker")
     workers = FakeWorkers("a", "b")
-    metrics = RouterMetrics()
+    metrics = RouterMetrics().for_model("m")
     router = make_router(config, workers, RouterDeps(metrics=metrics))
     assert isinstance(router, RoundRobinRouter)
     assert built == [(config, workers, RouterDeps(metrics=metrics))]
@@ -91,11 +91,13 @@ async def test_registered_policy_is_a_valid_mode_and_make_router_builds_it(polic
 
 
 async def test_kv_routers_share_the_metrics_they_are_given():
-    metrics = RouterMetrics()
+    metrics = RouterMetrics().for_model("m")
     deps = RouterDeps(metrics=metrics)
     first = make_router(RoutingConfig(), FakeWorkers("a"), deps)
     second = make_router(RoutingConfig(), FakeWorkers("b"), deps)
     assert isinstance(first, KvRouter) and isinstance(second, KvRouter)
     assert first.metrics is second.metrics is metrics
     await second.route("r", list(range(32)))
-    assert metrics.registry.get_sample_value("tandem_router_decisions_total", {"instance_id": "b"})
+    assert metrics.registry.get_sample_value(
+        "tandem_router_decisions_total", {"model": "m", "worker": "b"}
+    )
