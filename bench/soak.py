@@ -3,6 +3,7 @@ requests mixed in; errors, latency and the memory of every process over time.
 
     python bench/soak.py [--streams 1000] [--minutes 10] [--workers 4]
                          [--speedup-ratio 0.05] [--max-tokens 32] [--no-api-key]
+                         [--num-kv-blocks 16384] [--sample-interval 60]
 
 Starts `tandem up --engine mocker` (nats, etcd, workers, frontend: every
 process a real one) with an API key in its environment, as an operator
@@ -19,7 +20,10 @@ stream that fails or ends without `[DONE]`.
 Prints: requests, errors, tokens/s, TTFT and request latency p50/p99, what
 each kind of hostile request got, and the resident memory (RSS) of every
 process of the cluster at start (after --warmup seconds of load), middle and
-end, with the growth from start to end (target: within 10 %).
+end, with the growth from start to end (target: within 10 %), its peak, and
+its course every --sample-interval seconds, beside the number of KV events
+the NATS stream holds (which nats-server indexes in memory up to the stream's
+cap): growth that follows a cache filling to its bound is not a leak.
 
 The step-time model is slowed down (--speedup-ratio < 1) so that the streams
 stay open for seconds and the token rate is modest: the point is many open
@@ -45,9 +49,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import nats
 from process_stats import argv_of, process_tree, rss_mib  # bench/ is on sys.path
 from tandem.launcher.local_infra import free_port
 from tandem.launcher.trace_summary import percentile as pct
+from tandem.runtime import subjects
+from tandem.runtime.messaging import KV_STREAM_MAX_MSGS
 
 CHAT_PATH = "/v1/chat/completions"
 TOPICS = ["the sea", "mountains", "rivers", "deserts", "forests", "cities", "the moon", "rain"]
@@ -83,8 +90,9 @@ class UpCluster:
             env["TANDEM_API_KEY"] = self.key
         argv = [sys.executable, "-m", "tandem.launcher.cli", "up", "--engine", "mocker",
                 "--workers", str(args.workers), "--http-host", "127.0.0.1",
-                "--http-port", str(self.port), "--log-level", "WARNING",
-                "--speedup-ratio", str(args.speedup_ratio)]  # fmt: skip
+                "--http-port", str(self.port), "--grpc-port", "0", "--log-level", "WARNING",
+                "--speedup-ratio", str(args.speedup_ratio),
+                "--num-kv-blocks", str(args.num_kv_blocks)]  # fmt: skip
         self.log_path = log_dir / "tandem-up.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
@@ -108,6 +116,13 @@ class UpCluster:
                 pass
             time.sleep(0.5)
         raise SystemExit(f"cluster not ready after {timeout}s; see {self.log_path}")
+
+    def nats_url(self) -> str:
+        """The NATS server `tandem up` started (from its workers' command lines)."""
+        for argv in process_tree(self.proc.pid).values():
+            if "--nats" in argv:
+                return argv[argv.index("--nats") + 1]
+        raise SystemExit("no process of the cluster names its NATS server")
 
     def key_on_any_argv(self) -> bool:
         return bool(self.key) and any(
@@ -246,10 +261,28 @@ async def hostile_client(
         await asyncio.sleep(interval)
 
 
+@dataclass
+class Sample:
+    """The cluster's memory at one moment of the soak."""
+
+    seconds: float
+    label: str
+    rss: dict[int, float]
+    stream_msgs: int
+
+
+async def kv_stream_msgs(js: nats.js.JetStreamContext) -> int:
+    info = await js.stream_info(subjects.kv_stream("default"))
+    return int(info.state.messages)
+
+
 async def soak(args: argparse.Namespace, cluster: UpCluster, model: str) -> None:
     processes = cluster_processes(cluster.proc.pid)
     seconds = args.minutes * 60
-    samples: dict[str, dict[int, float]] = {"idle": {p: rss_mib(p) for p in processes}}
+    nc = await nats.connect(cluster.nats_url())
+    js = nc.jetstream()
+    idle = Sample(0.0, "idle", {p: rss_mib(p) for p in processes}, await kv_stream_msgs(js))
+    samples = [idle]
     stats = Stats()
     url = cluster.url + CHAT_PATH
     headers = {"Content-Type": "application/json", **cluster.headers()}
@@ -272,13 +305,18 @@ async def soak(args: argparse.Namespace, cluster: UpCluster, model: str) -> None
             await one_stream(session, url, headers, body, stats)
 
     async def sampler() -> None:
-        marks = [("start", min(args.warmup, seconds / 4)), ("middle", seconds / 2),
-                 ("end", seconds - 1)]  # fmt: skip
-        for label, at in marks:
+        marks = {min(args.warmup, seconds / 4): "start", seconds / 2: "middle", seconds - 1: "end"}
+        at = args.sample_interval
+        while at < seconds - 1:
+            marks.setdefault(at, "")
+            at += args.sample_interval
+        for at, label in sorted(marks.items()):
             await asyncio.sleep(max(0.0, start + at - time.monotonic()))
-            samples[label] = {p: rss_mib(p) for p in processes}
-            print(f"[{time.monotonic() - start:6.0f} s] {label}: {stats.requests} requests, "
-                  f"{stats.errors} errors", flush=True)  # fmt: skip
+            rss = {p: rss_mib(p) for p in processes}
+            samples.append(Sample(at, label, rss, await kv_stream_msgs(js)))
+            if label:
+                print(f"[{time.monotonic() - start:6.0f} s] {label}: {stats.requests} requests, "
+                      f"{stats.errors} errors", flush=True)  # fmt: skip
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         tasks = [asyncio.create_task(user(i)) for i in range(args.streams)]
@@ -293,6 +331,7 @@ async def soak(args: argparse.Namespace, cluster: UpCluster, model: str) -> None
             )
         await sampler()
         await asyncio.gather(*tasks)
+    await nc.close()
     wall = time.monotonic() - start
     report(args, stats, wall, processes, samples, cluster.key_on_any_argv())
 
@@ -302,7 +341,7 @@ def report(
     stats: Stats,
     wall: float,
     processes: dict[int, str],
-    samples: dict[str, dict[int, float]],
+    samples: list[Sample],
     key_on_argv: bool,
 ) -> None:
     ms = 1000.0
@@ -322,14 +361,23 @@ def report(
     for name, outcome in stats.hostile.items():
         answers = ", ".join(f"{status} x{n}" for status, n in sorted(outcome.items()))
         print(f"{name:<20} {sum(outcome.values()):>6}  {answers}")
-    print("\nprocess           RSS MiB: idle   start  middle     end  end/start")
+    marked = {s.label: s for s in samples if s.label}
+    print("\nprocess           RSS MiB: idle   start  middle     end    peak  end/start")
     for pid, name in processes.items():
         row = [
-            samples[label].get(pid, float("nan")) for label in ("idle", "start", "middle", "end")
+            marked[label].rss.get(pid, float("nan")) for label in ("idle", "start", "middle", "end")
         ]
+        peak = max(s.rss.get(pid, float("nan")) for s in samples)
         growth = row[3] / row[1] - 1 if row[1] else float("nan")
         print(f"{name:<20} {row[0]:>10.1f} {row[1]:>7.1f} {row[2]:>7.1f} {row[3]:>7.1f} "
-              f"{growth:>+9.1%}")  # fmt: skip
+              f"{peak:>7.1f} {growth:>+9.1%}")  # fmt: skip
+    print(
+        f"\nRSS MiB over time, and the KV events the NATS stream holds (cap {KV_STREAM_MAX_MSGS:,})"
+    )
+    print(f"{'second':>8} {'stream msgs':>12} " + " ".join(f"{n:>11}" for n in processes.values()))
+    for s in samples:
+        cells = " ".join(f"{s.rss.get(pid, float('nan')):>11.1f}" for pid in processes)
+        print(f"{s.seconds:>8.0f} {s.stream_msgs:>12,} {cells}")
 
 
 def main() -> None:
@@ -339,6 +387,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="mocker workers (4)")
     parser.add_argument("--speedup-ratio", type=float, default=0.05,
                         help="mocker step-time divisor (0.05: ~20x slower than the calibration)")  # fmt: skip
+    parser.add_argument("--num-kv-blocks", type=int, default=16384,
+                        help="KV blocks per mocker worker (16384, the mocker's default)")  # fmt: skip
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per request (32)")
     parser.add_argument("--warmup", type=float, default=30.0,
                         help="seconds of load before the 'start' memory sample (30)")  # fmt: skip
@@ -346,6 +396,8 @@ def main() -> None:
                         help="seconds between two hostile requests (0.5; 0: none)")  # fmt: skip
     parser.add_argument("--hostile-kinds", default="",
                         help="comma-separated kinds of hostile request to send (default: all)")  # fmt: skip
+    parser.add_argument("--sample-interval", type=float, default=60.0,
+                        help="seconds between two memory samples (60)")  # fmt: skip
     parser.add_argument("--api-key", action=argparse.BooleanOptionalAction, default=True,
                         help="lock the API with a key (and send a wrong one among the hostile)")  # fmt: skip
     args = parser.parse_args()

@@ -200,11 +200,14 @@ class WorkerClientPool:
 
     async def drop(self, endpoint: str) -> None:
         """Close the channel to a worker that left (requests still on it fail and migrate)."""
+        # Forget all three before the first await: a request that starts meanwhile
+        # (the worker came back at the same endpoint) opens a fresh channel, which
+        # must not be the one closed below.
         self._stubs.pop(endpoint, None)
         session = self._sessions.pop(endpoint, None)
+        channel = self._channels.pop(endpoint, None)
         if session is not None:
             await session.close()
-        channel = self._channels.pop(endpoint, None)
         if channel is not None:
             with contextlib.suppress(Exception):
                 await channel.close(grace=None)

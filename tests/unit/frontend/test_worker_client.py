@@ -1,14 +1,19 @@
-"""RequestStream: outputs that queued up come out merged; errors end the stream in order."""
+"""RequestStream: outputs that queued up come out merged; errors end the stream in order.
+WorkerClientPool: one channel and session per worker endpoint, dropped and reopened safely."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
+from typing import Any
 
 import grpc
 import pytest
-from tandem.frontend.worker_client import RequestStream, WorkerStreamError
+from tandem.frontend.worker_client import RequestStream, WorkerClientPool, WorkerStreamError
 from tandem.runtime.wire import worker_pb2
+
+from tests.support.frontend_fakes import FakeWorker
 
 
 class RecordingSession:
@@ -76,3 +81,31 @@ async def test_an_error_leaves_no_reference_cycle_behind() -> None:
         assert error() is None
     finally:
         gc.enable()
+
+
+async def _tokens(pool: WorkerClientPool, endpoint: str, request_id: str) -> list[int]:
+    stream = pool.start(endpoint, worker_pb2.GenerateRequest(request_id=request_id, token_ids=[5]))
+    tokens: list[int] = []
+    async for response in stream:
+        tokens.extend(response.token_ids)
+    return tokens
+
+
+async def test_a_request_started_while_its_worker_is_dropped_gets_a_fresh_channel(
+    servers: Any,
+) -> None:
+    # A worker that leaves and comes back at the same endpoint (lease expiry under
+    # load): the frontend drops it while new requests already pick it again.
+    tokens = [100, 101, 102]
+    endpoint = await servers(FakeWorker(tokens))
+    pool = WorkerClientPool()
+    try:
+        assert await _tokens(pool, endpoint, "before") == tokens
+        dropping = asyncio.create_task(pool.drop(endpoint))
+        await asyncio.sleep(0)  # the drop runs up to its first await
+        during = asyncio.create_task(_tokens(pool, endpoint, "during"))
+        await dropping
+        assert await during == tokens
+        assert await _tokens(pool, endpoint, "after") == tokens
+    finally:
+        await pool.close()
