@@ -30,6 +30,7 @@ from .job import GenerationJob, TokenLogprob
 from .metrics import FrontendMetrics
 from .models import ModelRegistry, ServedModel
 from .openapi import openapi_json
+from .request_outcome import RequestOutcome
 from .responses import DONE, BaseRenderer, error_event
 
 log = logging.getLogger(__name__)
@@ -185,39 +186,19 @@ class OpenAIServer:
     async def _serve(
         self, request: web.Request, endpoint: BaseEndpoint[RequestT]
     ) -> web.StreamResponse:
-        model_label = ""
-        status = "error"
-        try:
+        with RequestOutcome(self._metrics, self._generator, endpoint.name) as outcome:
             parsed = endpoint.parse(await request.read())
             model = await self._models.lookup(parsed.model)
-            model_label = model.name
+            outcome.model = model.name
             request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
             job = endpoint.job(request_id, model, await endpoint.prompt_ids(model, parsed), parsed)
             self._trace(request, job)
             renderer = endpoint.renderer(job, parsed)
-            inflight = self._metrics.model(model_label).inflight
-            inflight.inc()
-            try:
+            with outcome.generating(job):
                 if parsed.stream:
                     include_usage = parsed.stream_options.include_usage
-                    response = await self._stream(request, job, renderer, include_usage)
-                else:
-                    response = await self._unary(job, renderer)
-                status = "success"
-                return response
-            finally:
-                inflight.dec()
-                self._generator.record(job)
-        except asyncio.CancelledError:
-            status = "cancelled"
-            if model_label:
-                self._metrics.model(model_label).disconnects.inc()
-            raise
-        except FrontendError as exc:
-            status = str(exc.status)
-            raise
-        finally:
-            self._metrics.count_request(endpoint.name, model_label, status)
+                    return await self._stream(request, job, renderer, include_usage)
+                return await self._unary(job, renderer)
 
     def _trace(self, request: web.Request, job: GenerationJob) -> None:
         """Pass the request's trace context on to the worker."""

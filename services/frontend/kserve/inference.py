@@ -8,7 +8,6 @@ metrics; only the way in (tensors) and out (`text_output`) differ.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Mapping
@@ -18,12 +17,13 @@ from tandem.runtime.tracing import context_from_metadata, context_to_metadata
 from tandem.runtime.wire.kserve import grpc_service_pb2 as pb
 
 from ..endpoints import encode
-from ..errors import FrontendError, InvalidRequestError, ModelNotFoundError
+from ..errors import InvalidRequestError, ModelNotFoundError
 from ..generation import Generator
 from ..job import GenerationJob
 from ..metrics import FrontendMetrics
 from ..models import ModelRegistry, ServedModel
 from ..request_limits import ConcurrencyLimit
+from ..request_outcome import RequestOutcome
 from .llm_request import TEXT_INPUT, TEXT_OUTPUT, LlmRequest, read_request
 from .status import OverloadedError
 from .tensors import add_bytes_output
@@ -111,9 +111,7 @@ class KserveInference:
         emit: Emit,
         streaming: bool,
     ) -> None:
-        model_label = ""
-        status = "error"
-        try:
+        with RequestOutcome(self._metrics, self._generator, endpoint) as outcome:
             parsed = read_request(request)
             if parsed.stream and not streaming:
                 raise InvalidRequestError(
@@ -121,7 +119,7 @@ class KserveInference:
                     param="stream",
                 )
             model = await self.lookup(parsed.model, request.model_version)
-            model_label = model.name
+            outcome.model = model.name
             job = GenerationJob(
                 uuid.uuid4().hex,
                 model,
@@ -131,24 +129,8 @@ class KserveInference:
                 length_param="max_tokens" if parsed.has_max_tokens else TEXT_INPUT,
                 trace_metadata=self._trace_metadata(metadata),
             )
-            inflight = self._metrics.model(model_label).inflight
-            inflight.inc()
-            try:
+            with outcome.generating(job):
                 await self._relay(job, parsed, request, emit, streaming)
-                status = "success"
-            finally:
-                inflight.dec()
-                self._generator.record(job)
-        except asyncio.CancelledError:
-            status = "cancelled"
-            if model_label:
-                self._metrics.model(model_label).disconnects.inc()
-            raise
-        except FrontendError as exc:
-            status = str(exc.status)
-            raise
-        finally:
-            self._metrics.count_request(endpoint, model_label, status)
 
     async def _relay(
         self,
