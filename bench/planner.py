@@ -243,7 +243,8 @@ async def main_async(args: argparse.Namespace, worker_args: list[str]) -> None:
                 "--planner-itl-target-ms", str(planner_target),
                 "--planner-adjustment-interval", str(args.interval),
                 "--planner-predictor", args.predictor,
-                "--planner-predict-ahead", str(args.predict_ahead)]  # fmt: skip
+                "--planner-predict-ahead", str(args.predict_ahead),
+                "--warm-start" if args.warm_start else "--no-warm-start"]  # fmt: skip
     rows.append(await run_one("sla planner", sla_args, 1, records, args, worker_args))
     best: Outcome | None = None
     for n in range(args.max_workers, 0 if not args.sla_only else args.max_workers, -1):
@@ -281,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--predict-ahead", type=int, default=1, help="planner intervals ahead")
     parser.add_argument("--scale-down-intervals", type=int, default=3,
                         help="the planner's intervals of lower need before it shrinks")  # fmt: skip
+    parser.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
+                        help="the planner's new workers start from a spare interpreter "
+                        "(`tandem up --warm-start`)")  # fmt: skip
     parser.add_argument("--sla-only", action="store_true", help="skip the fixed fleets")
     parser.add_argument("--duration-scale", type=float, default=1.0, help="phase lengths x this")
     parser.add_argument("--input-tokens", type=int, default=128)

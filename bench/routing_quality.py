@@ -55,6 +55,7 @@ from tandem.router.api import BaseRouter, RouteResult
 from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
 from tandem.router.policy_registry import RouterDeps, make_router
+from tandem.router.radix_index import TierOverlaps
 from tandem.router.worker_view import WorkerView, candidates
 from tandem.runtime.block_hash import sequence_hashes
 from tandem.runtime.discovery import Discovery
@@ -241,14 +242,14 @@ class HolderMisses:
         choose = kv._choose
 
         def counting_choose(
-            overlaps: dict[str, int],
+            overlaps: TierOverlaps,
             prompt_blocks: int,
             request_blocks: int,
             exclude: Collection[str],
         ) -> tuple[InstanceInfo, int] | None:
             chosen = choose(overlaps, prompt_blocks, request_blocks, exclude)
-            if chosen is not None and overlaps:
-                self._count(kv, overlaps, chosen[0].instance_id)
+            if chosen is not None and overlaps.device:  # mocker workers: the device tier only
+                self._count(kv, overlaps.device, chosen[0].instance_id)
             return chosen
 
         kv._choose = counting_choose  # type: ignore[method-assign]

@@ -77,9 +77,16 @@ def _error_code(body: bytes) -> str:
 
 
 async def one_request(
-    session: aiohttp.ClientSession, endpoint: str, body: bytes, result: ReplayResult
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    body: bytes,
+    result: ReplayResult,
+    texts: list[str] | None = None,
 ) -> None:
-    """Send one streaming completion; add its timings, usage or error to `result`."""
+    """Send one streaming completion; add its timings, usage or error to `result`.
+
+    With `texts`, the generated text pieces are appended to it (a multi-turn client
+    sends the answer back in its next prompt)."""
     start = time.perf_counter()
     first = last = 0.0
     usage = None
@@ -104,6 +111,8 @@ async def one_request(
                         usage = json.loads(data)["usage"]
                     elif b'"text":"' in data and b'"text":""' not in data:
                         tokens += 1
+                        if texts is not None:
+                            texts.append(json.loads(data)["choices"][0]["text"])
                 if not tokens:
                     continue
                 if not first:

@@ -7,7 +7,9 @@ is its queue depth, jobs running included. Each prefill worker reads only its
 own subject (`tandem.{ns}.prefill.{model}.{instance_id}`: the frontend chose
 it KV-aware) through a durable pull consumer with explicit acks: a job it
 pulled and never acked (the process stalled, or it naks) is delivered again
-after `ack_wait`. The decoder side bounds how long it waits for any of that.
+after `ack_wait`. A job whose prefill worker is gone for good is the decode
+side's to move (withdraw it, publish it again for another worker); it also
+bounds how long it waits for any of that.
 
 Trace context travels in the message headers (W3C `traceparent`, `tracestate`).
 """
@@ -97,11 +99,21 @@ class PrefillQueue:
 
     async def depth(self, model: str) -> int:
         """Jobs of `model` in the stream now: queued plus running (acked ones are gone)."""
+        return sum((await self.depths(model)).values())
+
+    async def depths(self, model: str) -> dict[str, int]:
+        """Jobs of `model` in the stream now per prefill worker (instance id -> count; a worker
+        with none is absent)."""
         await self.ensure_stream()
         info = await self._messaging.js.stream_info(
             self.stream, subjects_filter=subjects.prefill_model_subjects(self._namespace, model)
         )
-        return sum((info.state.subjects or {}).values())
+        prefix = subjects.prefill_job_subject(self._namespace, model, "")
+        return {
+            subject[len(prefix) :]: count
+            for subject, count in (info.state.subjects or {}).items()
+            if subject.startswith(prefix)
+        }
 
     async def consumer(self, model: str, prefill_instance_id: str) -> JobConsumer:
         """The durable consumer of one prefill worker's jobs (created on first use, kept after)."""

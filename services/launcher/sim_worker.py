@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from tandem.router.radix_index import RadixIndex
 from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.kv_tiers import DEVICE_TIER
 from tandem.runtime.pacing import WritePacer
 from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
@@ -48,22 +49,24 @@ class IndexFeed:
     def __init__(self, index: RadixIndex, worker: str) -> None:
         self._index = index
         self._worker = worker
-        # (stored?, hashes) in order; None for a clear. Evictions come one block at a
-        # time, so consecutive removals share one entry.
-        self._pending: list[tuple[bool, list[int]] | None] = []
+        # (stored?, hashes, tier) in order; None for a clear. Evictions come one block at a
+        # time, so consecutive removals from one tier share one entry.
+        self._pending: list[tuple[bool, list[int], str] | None] = []
         self._wake = asyncio.Event()
 
-    def stored(self, parent_hash: int | None, blocks: list[tuple[int, int]]) -> None:
-        self._pending.append((True, [seq_hash for seq_hash, _ in blocks]))
+    def stored(
+        self, parent_hash: int | None, blocks: list[tuple[int, int]], tier: str = DEVICE_TIER
+    ) -> None:
+        self._pending.append((True, [seq_hash for seq_hash, _ in blocks], tier))
         self._wake.set()
 
-    def removed(self, block_hashes: list[int]) -> None:
+    def removed(self, block_hashes: list[int], tier: str = DEVICE_TIER) -> None:
         pending = self._pending
         last = pending[-1] if pending else None
-        if last is not None and not last[0]:
+        if last is not None and not last[0] and last[2] == tier:
             last[1].extend(block_hashes)
         else:
-            pending.append((False, list(block_hashes)))
+            pending.append((False, list(block_hashes), tier))
         self._wake.set()
 
     def cleared(self) -> None:
@@ -82,9 +85,9 @@ class IndexFeed:
                 if op is None:
                     index.clear(worker)
                 elif op[0]:
-                    index.store(worker, op[1])
+                    index.store(worker, op[1], op[2])
                 else:
-                    index.remove(worker, op[1])
+                    index.remove(worker, op[1], op[2])
             pacer.flushed()
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from tandem.runtime.startup import EXIT_CANNOT_START
 
+from .warm_start import WarmPool
+
 log = logging.getLogger(__name__)
 
 MAX_QUICK_RESTARTS = 5
@@ -28,11 +30,19 @@ QUICK_EXIT_SECONDS = 10.0
 
 @dataclass
 class ChildSpec:
-    """A process to run: a name for logs, its argv, and extra environment."""
+    """A process to run: a name for logs, its argv, and extra environment.
+
+    `grace_seconds` is how long it may take to exit after SIGTERM before it is
+    killed (None: the supervisor's); a worker's covers its drain. A `python -m`
+    child with `preload` starts from a spare interpreter that has imported those
+    modules already (`warm_start.py`), when one is ready.
+    """
 
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    grace_seconds: float | None = None
+    preload: tuple[str, ...] = ()
 
     @classmethod
     def python_module(cls, name: str, module: str, args: list[str]) -> ChildSpec:
@@ -56,6 +66,7 @@ class Supervisor:
         self.grace_seconds = grace_seconds
         self._children: list[_Child] = []
         self._stopping = False
+        self._warm = WarmPool()
         self.failed = asyncio.Event()
 
     async def start(self, spec: ChildSpec) -> None:
@@ -84,17 +95,24 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await child.watcher
         if child.proc is not None and child.proc.returncode is None:
-            await self._terminate([child.proc])
+            await self._terminate([child.proc], self._grace(child))
         # Forgotten only once it is gone: a stop() meanwhile still reaches it.
         self._children.remove(child)
         log.info("stopped %s", name)
         return True
 
     async def _spawn(self, child: _Child) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **child.spec.env}
-        child.proc = await asyncio.create_subprocess_exec(*child.spec.argv, env=env)
+        spec = child.spec
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        proc, how = None, ""
+        if spec.preload and spec.argv[:2] == [sys.executable, "-m"] and not self._stopping:
+            proc = await self._warm.start(spec.preload, spec.argv[2], spec.argv[3:], env)
+            how = " warm" if proc is not None else " cold (no spare ready)"
+        if proc is None:
+            proc = await asyncio.create_subprocess_exec(*spec.argv, env=env)
+        child.proc = proc
         child.started_at = time.monotonic()
-        log.info("started %s (pid %d)", child.spec.name, child.proc.pid)
+        log.info("started %s (pid %d)%s", spec.name, proc.pid, how)
 
     async def _watch(self, child: _Child) -> None:
         while True:
@@ -133,18 +151,24 @@ class Supervisor:
     async def stop(self) -> None:
         """SIGTERM every child (last started first), then SIGKILL what is left after the grace period."""
         self._stopping = True
+        await self._warm.close()
         for child in self._children:
             if child.watcher is not None:
                 child.watcher.cancel()
-        running = [c.proc for c in reversed(self._children) if c.proc and c.proc.returncode is None]
-        await self._terminate(running)
+        alive = [c for c in reversed(self._children) if c.proc and c.proc.returncode is None]
+        running = [c.proc for c in alive if c.proc is not None]
+        await self._terminate(running, max((self._grace(c) for c in alive), default=0.0))
 
-    async def _terminate(self, running: list[asyncio.subprocess.Process]) -> None:
+    def _grace(self, child: _Child) -> float:
+        own = child.spec.grace_seconds
+        return self.grace_seconds if own is None else own
+
+    async def _terminate(self, running: list[asyncio.subprocess.Process], grace: float) -> None:
         for proc in running:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
         try:
-            async with asyncio.timeout(self.grace_seconds):
+            async with asyncio.timeout(grace):
                 await asyncio.gather(*(p.wait() for p in running))
         except TimeoutError:
             for proc in running:

@@ -31,6 +31,7 @@ from tandem.runtime.config import (
     config_from_env,
     config_to_argv,
     option,
+    parse_known_config,
     secret_environ,
 )
 from tandem.runtime.discovery import Discovery
@@ -45,6 +46,7 @@ from .local_infra import InfraError, LocalInfra
 from .supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger("tandem.up")
+_WORKER_EXIT_MARGIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +57,9 @@ class UpConfig:
     e.g. --num-kv-blocks, --kv-cache-block-size, --speedup-ratio, --dtype.
 
     With --planner the worker pool follows the load: it starts at --workers and
-    the planner (see `tandem planner --help`) grows it up to --max-workers.
+    the planner (see `tandem planner --help`) grows it up to --max-workers; a
+    disaggregated model's prefill and decode pools start at --prefill-workers and
+    --decode-workers and are sized each on its own, --max-workers in all.
 
     With --prefill-workers P --decode-workers D the model is served disaggregated
     instead of by --workers aggregated workers: long prompts are prefilled on the P
@@ -127,6 +131,11 @@ class UpConfig:
         PlannerConfig.predict_ahead,
         "With --planner-mode sla: size for the busiest of the next N intervals' demand.",
     )
+    warm_start: bool = option(
+        True,
+        "With --planner: keep one spare interpreter that has imported the worker's modules, "
+        "so a worker the planner asks for skips that import (seconds: torch is among them).",
+    )
     http_port: int = option(8000, "Port of the OpenAI-compatible HTTP API.")
     http_host: str = option("0.0.0.0", "Interface the HTTP API listens on.")
     grpc_port: int = option(
@@ -172,10 +181,13 @@ class UpConfig:
                 "--prefill-workers and --decode-workers go together, each at least 1 "
                 f"(got {self.prefill_workers} and {self.decode_workers})"
             )
-        if self.is_disaggregated and self.planner:
-            raise ValueError("--planner scales aggregated workers; it does not take "
-                             "--prefill-workers/--decode-workers yet")  # fmt: skip
-        if self.planner and not self.min_workers <= self.workers <= self.max_workers:
+        if self.planner and self.is_disaggregated:
+            if self.num_workers > self.max_workers:
+                raise ValueError(
+                    f"--prefill-workers ({self.prefill_workers}) and --decode-workers "
+                    f"({self.decode_workers}) must be within --max-workers ({self.max_workers})"
+                )
+        elif self.planner and not self.min_workers <= self.workers <= self.max_workers:
             raise ValueError(
                 f"--workers ({self.workers}) must be within --min-workers ({self.min_workers}) "
                 f"and --max-workers ({self.max_workers})"
@@ -273,12 +285,20 @@ class UpConfig:
         ]
 
     def planner_config(self, model: str, runtime: RuntimeConfig | None = None) -> PlannerConfig:
-        """The planner child that `tandem up --planner` runs for `model`."""
+        """The planner child that `tandem up --planner` runs for `model`.
+
+        Disaggregated, each pool has at least one worker and leaves the other one.
+        """
+        min_workers, pools = self.min_workers, {}
+        if self.is_disaggregated:
+            min_workers = max(2, min_workers)
+            pools = {"min_prefill_workers": 1, "max_prefill_workers": self.max_workers - 1,
+                     "min_decode_workers": 1, "max_decode_workers": self.max_workers - 1}  # fmt: skip
         return config_from_env(
             PlannerConfig,
             **_fields(runtime or self.runtime()),
             model=model,
-            min_workers=self.min_workers,
+            min_workers=min_workers,
             max_workers=self.max_workers,
             adjustment_interval=self.planner_adjustment_interval,
             scale_up_kv_usage=self.planner_scale_up_kv_usage,
@@ -291,6 +311,7 @@ class UpConfig:
             predict_ahead=self.planner_predict_ahead,
             # The SLA planner reads demand and latency from this cluster's frontend.
             frontend_url=[f"http://127.0.0.1:{self.http_port}"],
+            **pools,
         )
 
 
@@ -358,10 +379,11 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
     pool: asyncio.Task[None] | None = None
     try:
         passed_on = _with_thread_share(config, worker_args)
-        args = worker_argv(config.worker_config(runtime), passed_on)
+        # Stopped workers drain first: the supervisor waits that long before it kills one.
+        grace = worker_stop_seconds(worker_argv(config.worker_config(runtime), passed_on))
         if config.planner:
             pool = asyncio.create_task(
-                _planner_pool(config, supervisor, args, runtime), name="planner pool"
+                _planner_pool(config, supervisor, passed_on, runtime, grace), name="planner pool"
             )
         else:
             for role, count in config.pools():
@@ -370,9 +392,8 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
                     hosted = worker_argv(
                         config.worker_config(runtime, num_workers, role), passed_on
                     )
-                    await supervisor.start(
-                        ChildSpec.python_module(f"{name}-{i}", "tandem.worker", hosted)
-                    )
+                    child = ChildSpec.python_module(f"{name}-{i}", "tandem.worker", hosted)
+                    await supervisor.start(dataclasses.replace(child, grace_seconds=grace))
         await supervisor.start(frontend_spec(config.frontend_config(runtime)))
         ready = asyncio.create_task(_wait_ready(config, supervisor))
         stopped = asyncio.create_task(stop.wait())
@@ -405,22 +426,31 @@ async def run_up(config: UpConfig, worker_args: list[str]) -> int:
 async def _planner_pool(
     config: UpConfig,
     supervisor: Supervisor,
-    worker_args: list[str],
+    passed_on: list[str],
     runtime: RuntimeConfig,
+    grace: float,
 ) -> None:
-    """Run the worker pool of `tandem up --planner`: the local connector plus a planner child.
+    """Run the worker pools of `tandem up --planner`: the local connector plus a planner child.
 
-    Workers start at --workers; once the first one registers, its model is the
-    one the planner scales, the starting size is written as the target (a
-    target left by an earlier run in this namespace must not resize a fresh
-    cluster), and from then on the pool follows the target key.
+    Pools start at their starting sizes; once the first worker registers, its
+    model is the one the planner scales, the starting sizes are written as
+    the target (a target left by an earlier run in this namespace must not
+    resize a fresh cluster), and from then on the pools follow the target key.
     """
-    connector = LocalConnector(
-        supervisor,
-        lambda name: ChildSpec.python_module(name, "tandem.worker", worker_args),
-        config.max_workers,
-    )
-    await connector.scale_to(config.workers, "starting size (--workers)")
+    starting = dict(config.pools())
+    roles = tuple(starting)
+    worker_args = {
+        role: worker_argv(config.worker_config(runtime, 1, role), passed_on) for role in roles
+    }
+
+    preload = ("tandem.worker.__main__", ENGINES[config.engine].module) if config.warm_start else ()
+
+    def spec(name: str, role: str) -> ChildSpec:
+        child = ChildSpec.python_module(name, "tandem.worker", worker_args[role])
+        return dataclasses.replace(child, grace_seconds=grace, preload=preload)
+
+    connector = LocalConnector(supervisor, spec, config.max_workers, roles)
+    await connector.resize(starting, "starting size")
     discovery = Discovery(runtime.etcd, config.namespace)
     try:
         await discovery.start()
@@ -429,8 +459,11 @@ async def _planner_pool(
         model = next(iter(workers)).model
         await workers.close()
         store = TargetStore(discovery.client, config.namespace)
+        pools = starting if connector.is_disaggregated else {}
         await store.write(
-            ReplicaTarget(model, config.workers, "tandem up: starting size", time.time())
+            ReplicaTarget(
+                model, config.num_workers, "tandem up: starting size", time.time(), pools=pools
+            )
         )
         planner_args = config_to_argv(config.planner_config(model, runtime))
         await supervisor.start(ChildSpec.python_module("planner", "tandem.planner", planner_args))
@@ -439,6 +472,13 @@ async def _planner_pool(
         await follow_target(store, model, connector)
     finally:
         await discovery.close()
+
+
+def worker_stop_seconds(argv: list[str]) -> float:
+    """How long a worker with these flags may take to exit on SIGTERM: its drain, then its
+    shutdown grace, then a margin for leaving etcd and stopping the engine."""
+    worker, _ = parse_known_config(WorkerConfig, argv, prog="tandem worker")
+    return worker.drain_timeout + worker.shutdown_grace_seconds + _WORKER_EXIT_MARGIN_SECONDS
 
 
 def _with_thread_share(config: UpConfig, worker_args: list[str]) -> list[str]:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from tandem.runtime.config import parse_config
 from tandem.runtime.discovery import Discovery
@@ -15,6 +15,7 @@ from tandem.runtime.keys import planner_leader_key, replicas_key
 from tandem.runtime.logs import setup_logging
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.metrics import serve_metrics
+from tandem.runtime.prefill_queue import PrefillQueue
 from tandem.runtime.service_main import run_service
 from tandem.runtime.startup import StartupError
 from tandem.runtime.tasks import cancel_and_wait
@@ -63,6 +64,7 @@ async def serve(config: PlannerConfig, stop: asyncio.Event, ready: asyncio.Event
             sla=sla,
             guard=election.put_if_leader,
             instance_id=instance_id,
+            prefill_depth=_depth_reader(PrefillQueue(messaging), config.model),
         )
         if config.connector == "kubernetes":
             follower = await start_follower(config.kubernetes, store, config.model)
@@ -120,6 +122,27 @@ async def _lead_while_elected(
         metrics.is_leader.set(1)
         await planner.resume()  # from the target the previous leader left
         await planner.run(stop, election.lost)
+
+
+def _depth_reader(queue: PrefillQueue, model: str) -> Callable[[], Awaitable[int | None]]:
+    """The model's prefill queue depth, None while NATS cannot say (logged once)."""
+    failing = False
+
+    async def depth() -> int | None:
+        nonlocal failing
+        try:
+            value = await queue.depth(model)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # NATS away or reconnecting: the prefill pool holds
+            if not failing:
+                log.warning("prefill queue depth of %s unreadable: %s", model, exc)
+            failing = True
+            return None
+        failing = False
+        return value
+
+    return depth
 
 
 def _sla_inputs(config: PlannerConfig) -> SlaInputs | None:

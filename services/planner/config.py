@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tandem.runtime.config import RuntimeConfig, option
 from tandem.runtime.model_card import DEFAULT_MODEL_NAME
 
 from .kubernetes_connector import KubernetesConnectorConfig
 from .policy import Thresholds
+from .pool_policy import PoolThresholds
 from .predictors import PREDICTORS, PredictorSettings
 from .sla_policy import SlaBounds
 
@@ -27,7 +28,8 @@ class PlannerConfig(RuntimeConfig):
     (--frontend-url) and what one worker sustains within --ttft-target-ms and
     --itl-target-ms (--profile, made by `tandem profile`), corrected by the
     latencies the frontends observe. Prefill and decode workers (their role
-    in etcd) are sized as two pools.
+    in etcd) are sized as two pools, in both modes: in --mode load the prefill
+    pool on the prefill queue's depth, the decode pool on its KV usage.
 
     Several planners of one model may run: one leads (an etcd lease), the
     others stand by and take over within --leader-lease-ttl when it dies.
@@ -62,10 +64,10 @@ class PlannerConfig(RuntimeConfig):
         "--mode sla: size the pool for the busiest of the next N intervals' predicted demand "
         "(N x --adjustment-interval about what a new worker takes to start serving).",
     )
-    min_prefill_workers: int = option(1, "--mode sla: fewest prefill workers (when disaggregated).")
-    max_prefill_workers: int = option(8, "--mode sla: most prefill workers.")
-    min_decode_workers: int = option(1, "--mode sla: fewest decode workers (when disaggregated).")
-    max_decode_workers: int = option(8, "--mode sla: most decode workers.")
+    min_prefill_workers: int = option(1, "Fewest prefill workers (when disaggregated).")
+    max_prefill_workers: int = option(8, "Most prefill workers (within --max-workers in all).")
+    min_decode_workers: int = option(1, "Fewest decode workers (when disaggregated).")
+    max_decode_workers: int = option(8, "Most decode workers (within --max-workers in all).")
     leader_lease_ttl: int = option(
         10, "Seconds a standby planner waits for a dead leader's lease to end before taking over."
     )
@@ -79,6 +81,16 @@ class PlannerConfig(RuntimeConfig):
     scale_down_kv_usage: float = option(
         0.3,
         "Scale down when KV usage is below this (0-1), nobody waits, and one worker fewer fits.",
+    )
+    scale_up_prefill_queue: float = option(
+        2.0,
+        "--mode load, disaggregated: grow the prefill pool when its prefill jobs (queued or "
+        "running) per prefill worker are above this.",
+    )
+    scale_down_prefill_queue: float = option(
+        0.5,
+        "--mode load, disaggregated: shrink the prefill pool when its jobs per worker are "
+        "below this and would stay within --scale-up-prefill-queue on one worker fewer.",
     )
     scale_up_intervals: int = option(2, "Consecutive high-load intervals before scaling up.")
     scale_down_intervals: int = option(3, "Consecutive low-load intervals before scaling down.")
@@ -125,6 +137,17 @@ class PlannerConfig(RuntimeConfig):
             )
         if self.scale_up_waiting < 0:
             raise ValueError("--scale-up-waiting must be >= 0")
+        if not 0 <= self.scale_down_prefill_queue < self.scale_up_prefill_queue:
+            raise ValueError(
+                f"--scale-down-prefill-queue ({self.scale_down_prefill_queue}) must be >= 0 and "
+                f"below --scale-up-prefill-queue ({self.scale_up_prefill_queue})"
+            )
+        for pool in ("prefill", "decode"):
+            low, high = getattr(self, f"min_{pool}_workers"), getattr(self, f"max_{pool}_workers")
+            if low < 1 or high < low:
+                raise ValueError(
+                    f"--min-{pool}-workers ({low}) must be >= 1 and <= --max-{pool}-workers ({high})"
+                )
         if self.scale_up_intervals < 1 or self.scale_down_intervals < 1:
             raise ValueError("--scale-up-intervals and --scale-down-intervals must be at least 1")
         if self.max_wait_intervals < 0:
@@ -153,12 +176,6 @@ class PlannerConfig(RuntimeConfig):
             raise ValueError(f"--predict-ahead must be at least 1, got {self.predict_ahead}")
         if self.predictor_window < 1 or self.predictor_season < 0:
             raise ValueError("--predictor-window must be >= 1 and --predictor-season >= 0")
-        for pool in ("prefill", "decode"):
-            low, high = getattr(self, f"min_{pool}_workers"), getattr(self, f"max_{pool}_workers")
-            if low < 1 or high < low:
-                raise ValueError(
-                    f"--min-{pool}-workers ({low}) must be >= 1 and <= --max-{pool}-workers ({high})"
-                )
 
     @property
     def thresholds(self) -> Thresholds:
@@ -171,6 +188,24 @@ class PlannerConfig(RuntimeConfig):
             scale_up_intervals=self.scale_up_intervals,
             scale_down_intervals=self.scale_down_intervals,
             max_wait_intervals=self.max_wait_intervals,
+        )
+
+    @property
+    def pool_thresholds(self) -> PoolThresholds:
+        """--mode load of a disaggregated model: each pool within its bounds and the budget."""
+        t = self.thresholds
+        return PoolThresholds(
+            prefill=replace(
+                t,
+                min_workers=self.min_prefill_workers,
+                max_workers=self.max_prefill_workers,
+                scale_up_queue=self.scale_up_prefill_queue,
+                scale_down_queue=self.scale_down_prefill_queue,
+            ),
+            decode=replace(
+                t, min_workers=self.min_decode_workers, max_workers=self.max_decode_workers
+            ),
+            max_workers=self.max_workers,
         )
 
     @property

@@ -18,6 +18,7 @@ from typing import Any
 from tandem.runtime import kube_client
 from tandem.runtime.config import option
 
+from .connectors import follow_target
 from .target import ReplicaTarget, TargetStore
 
 log = logging.getLogger("tandem.planner.kubernetes")
@@ -74,7 +75,7 @@ class KubernetesConnectorConfig:
 class KubernetesConnector:
     """Owns one API client and sets one Deployment's replicas through its `scale` subresource.
 
-    It implements the planner's `Connector` protocol. A failed call (API
+    `PoolFollower` holds one per pool and is the planner's `Connector`. A failed call (API
     server unreachable, RBAC missing, Deployment absent) is logged and retried
     with backoff until it succeeds or the task is cancelled: a target is
     never dropped, and the next one waits for it.
@@ -153,7 +154,7 @@ class KubernetesConnector:
 
 
 class PoolFollower:
-    """Owns the API client and one connector per Deployment; applies each target of a model.
+    """Owns the API client and one connector per Deployment; the planner's `Connector`.
 
     A target with `pools` (a disaggregated model: `{"prefill": 2, "decode": 3}`)
     sets each pool's Deployment (--kubernetes-pool-deployment); one without
@@ -185,14 +186,6 @@ class PoolFollower:
         else:
             log.warning("target of %s has no pools and no --kubernetes-deployment is set", target.model)  # fmt: skip
 
-    async def follow(self, store: TargetStore, model: str) -> None:
-        """Apply every replica target of `model` until cancelled (readers watch)."""
-        async for target in store.follow(model):
-            if target is None:
-                log.info("no replica target for %s; keeping the pools as they are", model)
-                continue
-            await self.apply(target)
-
     async def close(self) -> None:
         await self._api_client.close()
 
@@ -217,7 +210,7 @@ async def start_follower(
 
     async def follow() -> None:
         try:
-            await follower.follow(store, model)
+            await follow_target(store, model, follower)
         finally:
             await follower.close()
 

@@ -31,6 +31,11 @@ class PoolSnapshot:
     observed: int
     loads: tuple[WorkerLoad, ...]
     roles: dict[str, int] = field(default_factory=dict)
+    role_loads: dict[str, tuple[WorkerLoad, ...]] = field(default_factory=dict)
+
+    @property
+    def is_disaggregated(self) -> bool:
+        return bool(self.roles.get("prefill") or self.roles.get("decode"))
 
 
 class LoadView:
@@ -78,9 +83,13 @@ class LoadView:
             load for instance_id, (_, load) in self._last.items() if instance_id in serving
         )
         roles: dict[str, int] = {}
+        role_loads: dict[str, tuple[WorkerLoad, ...]] = {}
         for info in serving.values():
             roles[info.role] = roles.get(info.role, 0) + 1
-        return PoolSnapshot(observed=len(serving), loads=loads, roles=roles)
+        for load in loads:
+            role = serving[load.instance_id].role
+            role_loads[role] = (*role_loads.get(role, ()), load)
+        return PoolSnapshot(len(serving), loads, roles, role_loads)
 
     async def _on_load(self, metrics: LoadMetrics) -> None:
         # Reports of other models' workers arrive on the same subjects; they

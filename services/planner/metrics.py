@@ -17,13 +17,14 @@ KV_USAGE = PLANNER.gauge("kv_usage", "Pool KV usage (active / total blocks) the 
 IS_LEADER = PLANNER.gauge(
     "is_leader", "1 while this planner is the model's active planner, 0 while it stands by."
 )
-# --mode sla: every input of the last decision.
 POOL_REPLICAS = PLANNER.gauge(
     "pool_desired_replicas",
-    "Workers the last SLA decision asked for, per pool.",
+    "Workers the last decision asked for, per pool.",
     ("pool",),
-    detail="`pool` is `aggregated`, or `prefill` and `decode` when disaggregated.",
+    detail="`pool` is `aggregated` (--mode sla), or `prefill` and `decode` when "
+    "disaggregated (both modes).",
 )
+# --mode sla: every input of the last decision.
 PREDICTED = PLANNER.gauge(
     "predicted_demand",
     "Demand the SLA planner predicted for the next interval.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 Direction = Literal["up", "down", "hold"]
 
@@ -37,6 +37,8 @@ class Thresholds:
     scale_up_intervals: int = 2
     scale_down_intervals: int = 3
     max_wait_intervals: int = 6
+    scale_up_queue: float = 2.0  # prefill pools: jobs (queued or running) per worker
+    scale_down_queue: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,9 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class LoadSummary:
-    """Pool-wide load figures the thresholds are compared with."""
+    """Pool-wide load figures the thresholds are compared with (KV usage, waiting requests)."""
+
+    projected_name = "kv_usage"
 
     kv_usage: float
     waiting_per_worker: float
@@ -100,22 +104,100 @@ class LoadSummary:
         capacity = self.mean_total_blocks * workers
         return self.active_blocks / capacity if capacity > 0 else float("inf")
 
+    def projected(self, workers: int) -> float:
+        return self.projected_usage(workers)
+
+    def is_high(self, t: Thresholds) -> bool:
+        return self.kv_usage > t.scale_up_kv_usage or self.waiting_per_worker > t.scale_up_waiting
+
+    def is_calm(self, t: Thresholds) -> bool:
+        return self.kv_usage < t.scale_down_kv_usage and self.num_waiting == 0
+
+    def fits(self, projected: float, t: Thresholds) -> bool:
+        return projected <= t.scale_up_kv_usage
+
     def describe(self) -> str:
         return f"kv_usage={self.kv_usage:.2f} waiting_per_worker={self.waiting_per_worker:.2f}"
+
+    def high_when(self, t: Thresholds) -> str:
+        return f"kv_usage>{t.scale_up_kv_usage} or waiting_per_worker>{t.scale_up_waiting}"
 
 
 def _clamp(value: int, t: Thresholds) -> int:
     return max(t.min_workers, min(t.max_workers, value))
 
 
+class PoolLoad(Protocol):
+    """A pool's load as the thresholds judge it: `LoadSummary` (KV usage) or `QueueLoad`."""
+
+    def is_high(self, t: Thresholds) -> bool: ...
+
+    def is_calm(self, t: Thresholds) -> bool: ...
+
+    def projected(self, workers: int) -> float:
+        """The figure the scale-up threshold is compared with, were the load on `workers`."""
+        ...
+
+    def fits(self, projected: float, t: Thresholds) -> bool: ...
+
+    def describe(self) -> str: ...
+
+    def high_when(self, t: Thresholds) -> str:
+        """The scale-up thresholds, for reasons."""
+        ...
+
+    projected_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLoad:
+    """A prefill pool's load: its jobs in the prefill queue (queued or running) over its workers."""
+
+    depth: int
+    workers: int
+    projected_name = "queue_per_worker"
+
+    def projected(self, workers: int) -> float:
+        return self.depth / workers if workers > 0 else float("inf")
+
+    def is_high(self, t: Thresholds) -> bool:
+        return self.projected(self.workers) > t.scale_up_queue
+
+    def is_calm(self, t: Thresholds) -> bool:
+        return self.projected(self.workers) < t.scale_down_queue
+
+    def fits(self, projected: float, t: Thresholds) -> bool:
+        return projected <= t.scale_up_queue
+
+    def describe(self) -> str:
+        return f"prefill_queue={self.depth} queue_per_worker={self.projected(self.workers):.2f}"
+
+    def high_when(self, t: Thresholds) -> str:
+        return f"queue_per_worker>{t.scale_up_queue}"
+
+
 def decide(
     observed: int, loads: Sequence[WorkerLoad], t: Thresholds, state: PolicyState
 ) -> Decision:
-    """One interval's decision.
+    """One interval's decision for an aggregated (or decode) pool, on KV usage and waiting.
 
-    `observed` is the number of live workers of the model; `loads` holds the
+    `observed` is the number of live workers of the pool; `loads` holds the
     recent reports of those among them that reported.
     """
+    load = LoadSummary.of(loads) if loads else None
+    return decide_on(observed, load, t, state, "no recent load reports from live workers")
+
+
+def decide_prefill(observed: int, depth: int | None, t: Thresholds, state: PolicyState) -> Decision:
+    """One interval's decision for a prefill pool, on its prefill queue depth (None: unknown)."""
+    load = QueueLoad(depth, max(observed, 1)) if depth is not None else None
+    return decide_on(observed, load, t, state, "prefill queue depth unknown")
+
+
+def decide_on(
+    observed: int, load: PoolLoad | None, t: Thresholds, state: PolicyState, no_load: str
+) -> Decision:
+    """One interval's decision on `load` (None: nothing to judge it by, `no_load` says why)."""
     current = state.target if state.target is not None else observed
     clamped = _clamp(current, t)
     if clamped != current:
@@ -140,20 +222,19 @@ def decide(
     else:
         waited = 0
 
-    if not loads:
-        reason = "no recent load reports from live workers"
-        return Decision(current, "hold", reason, PolicyState(state.target, 0, 0, waited), notice)
+    if load is None:
+        return Decision(current, "hold", no_load, PolicyState(state.target, 0, 0, waited), notice)
 
-    load = LoadSummary.of(loads)
-    is_high = load.kv_usage > t.scale_up_kv_usage or load.waiting_per_worker > t.scale_up_waiting
+    is_high = load.is_high(t)
     # Scaling down must not bounce straight back up: the load that is left has
     # to fit under the scale-up threshold on one worker fewer.
-    projected = load.projected_usage(current - 1) if current > 1 else float("inf")
-    is_calm = load.kv_usage < t.scale_down_kv_usage and load.num_waiting == 0
-    is_low = is_calm and (current <= t.min_workers or projected <= t.scale_up_kv_usage)
+    projected = load.projected(current - 1) if current > 1 else float("inf")
+    is_calm = load.is_calm(t)
+    is_low = is_calm and (current <= t.min_workers or load.fits(projected, t))
     high = state.high + 1 if is_high else 0
     low = state.low + 1 if is_low else 0
     kept = PolicyState(state.target, high, low, waited)
+    name = load.projected_name
 
     if is_high:
         if current >= t.max_workers:
@@ -163,8 +244,7 @@ def decide(
             reason = f"high load ({load.describe()}) for {high}/{t.scale_up_intervals} intervals"
             return Decision(current, "hold", reason, kept, notice)
         reason = (
-            f"high load for {high} intervals: {load.describe()} "
-            f"(thresholds kv_usage>{t.scale_up_kv_usage} or waiting_per_worker>{t.scale_up_waiting})"
+            f"high load for {high} intervals: {load.describe()} (thresholds {load.high_when(t)})"
         )
         return _change(current, current + 1, reason, state, notice)
 
@@ -176,14 +256,14 @@ def decide(
             reason = f"low load ({load.describe()}) for {low}/{t.scale_down_intervals} intervals"
             return Decision(current, "hold", reason, kept, notice)
         reason = (
-            f"low load for {low} intervals: {load.describe()}, nobody waiting, "
-            f"projected kv_usage on {current - 1} workers {projected:.2f}"
+            f"low load for {low} intervals: {load.describe()}, "
+            f"projected {name} on {current - 1} workers {projected:.2f}"
         )
         return _change(current, current - 1, reason, state, notice)
 
     reason = f"load within thresholds ({load.describe()})"
     if is_calm:
-        reason = f"low load ({load.describe()}) but {current - 1} workers would reach kv_usage {projected:.2f}"
+        reason = f"low load ({load.describe()}) but {current - 1} workers would reach {name} {projected:.2f}"
     return Decision(current, "hold", reason, kept, notice)
 
 

@@ -1,6 +1,8 @@
 """The planner's loop: every adjustment interval observe the pool, decide, write the target.
 
-`--mode load` decides with `policy.decide` on the workers' load reports;
+`--mode load` decides with `policy.decide` on the workers' load reports
+(`pool_policy.decide_pools` for a disaggregated model's prefill and decode
+pools, the prefill one on the prefill queue's depth);
 `--mode sla` with `sla_policy.decide_sla` on the demand the frontends saw
 (`DemandView`), the next interval's predicted by `predictors`, and the
 worker profile. Targets are written through the leader's guard, so only the
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tandem.runtime.etcd_client import ETCD_ERRORS
@@ -22,6 +24,7 @@ from .demand_view import DemandView
 from .load_view import LoadView, PoolSnapshot
 from .metrics import PlannerMetrics
 from .policy import Decision, LoadSummary, PolicyState, decide
+from .pool_policy import PoolsDecision, decide_pools
 from .predictors import make_predictor
 from .profile import WorkerProfile
 from .sla_policy import Demand, Observed, SlaDecision, SlaState, decide_sla
@@ -52,6 +55,7 @@ class Planner:
         sla: SlaInputs | None = None,
         guard: Guard | None = None,
         instance_id: str = "",
+        prefill_depth: Callable[[], Awaitable[int | None]] | None = None,
     ) -> None:
         if config.mode == "sla" and sla is None:
             raise ValueError("--mode sla needs a profile and a demand view")
@@ -64,7 +68,9 @@ class Planner:
         self._guard = guard
         self._instance_id = instance_id
         self.state = PolicyState()
+        self.pool_states: dict[str, PolicyState] = {}
         self.sla_state = SlaState()
+        self._prefill_depth = prefill_depth
         settings = config.predictor_settings
         self._predictors = {
             q: make_predictor(config.predictor, settings)
@@ -81,6 +87,7 @@ class Planner:
             existing = None
         if existing is not None:
             self.state = PolicyState(target=existing.replicas)
+            self.pool_states = {pool: PolicyState(target=n) for pool, n in existing.pools.items()}
             self.sla_state = SlaState(targets=existing.pools or {"aggregated": existing.replicas})
             self._metrics.desired_replicas.set(existing.replicas)
             log.info(
@@ -96,6 +103,8 @@ class Planner:
         while not any(e.is_set() for e in events):
             if self.config.mode == "sla":
                 await self.step_sla()
+            elif self.pool_states or self._view.snapshot().is_disaggregated:
+                await self.step_pools()
             else:
                 await self.step()
             waits = [asyncio.ensure_future(e.wait()) for e in events]
@@ -140,6 +149,50 @@ class Planner:
             )
         self._last_reason = decision.reason
         self.state = decision.state
+        return decision
+
+    async def step_pools(self) -> PoolsDecision:
+        """One interval of --mode load for a disaggregated model: each pool on its own load."""
+        snapshot = self._view.snapshot()
+        depth = await self._prefill_depth() if self._prefill_depth is not None else None
+        decision = decide_pools(
+            snapshot.roles,
+            snapshot.role_loads,
+            depth,
+            self.config.pool_thresholds,
+            self.pool_states,
+        )
+        self._observe(snapshot)
+        for pool, d in decision.decisions.items():
+            if d.notice:
+                log.info("%s pool: %s", pool, d.notice)
+        targets = decision.targets
+        for pool, n in targets.items():
+            self._metrics.pool_replicas.labels(pool).set(n)
+        if decision.changed:
+            total = sum(targets.values())
+            if not await self._write_target(total, decision.reason, targets):
+                return decision  # states kept: the same decision is retried next interval
+            for pool, d in decision.decisions.items():
+                if d.direction == "hold":
+                    continue
+                previous = self.pool_states.get(pool, PolicyState()).target
+                self._metrics.scaling_events.labels(d.direction).inc()
+                log.info(
+                    "scaling %s %s pool %s: %d -> %d workers (live %d): %s",
+                    self.config.model,
+                    pool,
+                    d.direction,
+                    snapshot.roles.get(pool, 0) if previous is None else previous,
+                    d.replicas,
+                    snapshot.roles.get(pool, 0),
+                    d.reason,
+                )
+            self._metrics.desired_replicas.set(total)
+        elif decision.reason != self._last_reason:
+            log.debug("holding %s at %s: %s", self.config.model, _pools(targets), decision.reason)
+        self._last_reason = decision.reason
+        self.pool_states = decision.states
         return decision
 
     def _observe(self, snapshot: PoolSnapshot) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from tandem.runtime.config import parse_config
 from tandem.runtime.discovery import Discovery
+from tandem.runtime.gc_tuning import freeze_heap, tune_gc
 from tandem.runtime.grpc_util import start_server
 from tandem.runtime.instance_info import InstanceInfo
 from tandem.runtime.logs import setup_logging
@@ -64,6 +65,7 @@ async def serve(config: RouterConfig, stop: asyncio.Event, ready: asyncio.Event)
         config.router_mode,
         len(routers.routers()),
     )
+    freeze_heap()  # the routers' indexes as rebuilt at start leave every later collection
     ready.set()
     try:
         await stop.wait()
@@ -81,6 +83,7 @@ async def serve(config: RouterConfig, stop: asyncio.Event, ready: asyncio.Event)
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(RouterConfig, argv, prog="tandem router")
     setup_logging(config.log_level, component=COMPONENT)
+    tune_gc()  # a router service handles a message per KV event and per route, as a frontend does
     return run_service(COMPONENT, lambda stop, ready: serve(config, stop, ready))
 
 

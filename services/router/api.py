@@ -14,7 +14,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class RouteResult:
-    """Where a request goes and what the router expects to be cached there."""
+    """Where a request goes and what the router expects to be cached there.
+
+    `overlap_blocks`: the prompt's leading blocks the worker holds in any of its KV tiers,
+    i.e. need not compute (device hits, and blocks it copies back from host memory or disk).
+    """
 
     instance_id: str
     endpoint: str

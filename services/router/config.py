@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from tandem.runtime.config import RuntimeConfig, option
 
+from .cost_model import DEFAULT_DISK_HIT_WEIGHT, DEFAULT_HOST_HIT_WEIGHT
 from .policy_registry import policy_names
 
 ROUTER_MODES: tuple[str, ...] = policy_names()
@@ -23,6 +24,15 @@ class RoutingConfig:
     router_mode: str = option("kv", "Worker selection policy.", choices=ROUTER_MODES)
     kv_overlap_score_weight: float = option(
         1.0, "Weight of the prefill term (blocks still to compute) against the decode term."
+    )
+    router_host_cache_hit_weight: float = option(
+        DEFAULT_HOST_HIT_WEIGHT,
+        "Share of a device cache hit's saved prefill a block in a worker's host memory earns "
+        "(0-1; it is copied back instead of computed).",
+    )
+    router_disk_cache_hit_weight: float = option(
+        DEFAULT_DISK_HIT_WEIGHT,
+        "Share of a device cache hit's saved prefill a block on a worker's disk tier earns (0-1).",
     )
     router_temperature: float = option(
         0.0, "0: cheapest worker; >0: sample from softmax over normalised negative costs."
@@ -53,6 +63,9 @@ class RoutingConfig:
             raise ValueError("router_temperature must be >= 0")
         if self.kv_overlap_score_weight < 0:
             raise ValueError("kv_overlap_score_weight must be >= 0")
+        for name in ("router_host_cache_hit_weight", "router_disk_cache_hit_weight"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_queue < 0:
             raise ValueError("max_queue must be >= 0")
         if self.busy_threshold <= 0:

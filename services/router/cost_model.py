@@ -33,6 +33,28 @@ weight is raised several-fold. Here `prefill_blocks` is scaled by
 worker is ~16 requests' worth busier, and queued prefill (same units as the
 hit it competes with) still spreads bursts. bench/routing_quality.py shows
 both on a multi-turn chat workload (rows `kv` and `kv (raw units)`).
+
+Lower tiers. A worker with a KV block manager copies a prefix it holds in
+host memory or on disk back into device blocks instead of computing it, so
+such a block counts as a hit credited with a share of a device hit's saving:
+
+    overlap = device_blocks + host_weight * host_blocks + disk_weight * disk_blocks
+
+The shares follow from what `PREFILL_BLOCK_COST` is made of: half the
+compute of the block, half the stall of the sequences decoding beside it.
+An onboarding copy runs beside the engine's steps (no stall: that half is
+saved whatever the tier) and delays only its own request, by the copy time
+instead of the compute time. For an ~8B model (GQA, 32 layers, bf16: 128 KiB
+of KV per token, 2 MiB per 16-token block) the block's compute is ~320 us;
+the copy from pinned host memory over PCIe Gen4 x16 (~25 GB/s, twice that on
+Gen5) is ~85 us, a quarter of it: 0.5 + 0.5 * 0.75 = 0.875, and
+`DEFAULT_HOST_HIT_WEIGHT` = 0.8 leaves room for the offloads that share the
+link. A disk read of the block (NVMe at 3-7 GB/s: 300-700 us, plus the copy
+up) takes about as long as computing it or longer: it saves the stall and
+the GPU time, not the request's wait, so `DEFAULT_DISK_HIT_WEIGHT` = 0.5.
+Bigger models raise both (compute grows faster than KV bytes per token); a
+CPU-only engine, where prefill is slow and the "device" pool is host memory,
+makes both nearly 1 (the flags are there for it). Weight 0 ignores the tier.
 """
 
 from __future__ import annotations
@@ -49,6 +71,10 @@ STEP_PREFILL_TOKENS = 2048
 """Prefill tokens one engine step computes (the engines' default max_num_batched_tokens)."""
 OUTPUT_ESTIMATE_CAP_TOKENS = 1024
 """Output tokens a request's decode load counts at most (its max_tokens hint, else unknown)."""
+DEFAULT_HOST_HIT_WEIGHT = 0.8
+"""Share of a device hit's saving a block onboarded from host memory is credited with."""
+DEFAULT_DISK_HIT_WEIGHT = 0.5
+"""Share of a device hit's saving a block onboarded from disk is credited with."""
 
 
 def request_blocks(prompt_tokens: int, max_tokens: int, block_size: int) -> int:
@@ -86,17 +112,38 @@ class Candidate(NamedTuple):
     overlap_blocks: int
     queued_prefill_tokens: int
     active_decode_blocks: int
+    host_blocks: int = 0
+    """Leading blocks beyond `overlap_blocks` it would onboard from host memory..."""
+    disk_blocks: int = 0
+    """...and beyond those, from disk."""
 
 
-def prefill_blocks(c: Candidate, prompt_blocks: int, block_size: int) -> float:
-    """Blocks `c` would still compute: uncached request blocks + its queued prefill."""
-    return (
-        prompt_blocks - min(c.overlap_blocks, prompt_blocks) + c.queued_prefill_tokens / block_size
-    )
+def credited_overlap(
+    device_blocks: int,
+    host_blocks: int,
+    disk_blocks: int,
+    host_weight: float = DEFAULT_HOST_HIT_WEIGHT,
+    disk_weight: float = DEFAULT_DISK_HIT_WEIGHT,
+) -> float:
+    """The hit, in device blocks, of a worker holding a prefix across its tiers."""
+    return device_blocks + host_weight * host_blocks + disk_weight * disk_blocks
+
+
+def prefill_blocks(
+    c: Candidate,
+    prompt_blocks: int,
+    block_size: int,
+    host_weight: float = DEFAULT_HOST_HIT_WEIGHT,
+    disk_weight: float = DEFAULT_DISK_HIT_WEIGHT,
+) -> float:
+    """Blocks `c` would still compute (onboarded ones credited with their tier's weight):
+    uncached request blocks + its queued prefill."""
+    hit = credited_overlap(c.overlap_blocks, c.host_blocks, c.disk_blocks, host_weight, disk_weight)
+    return prompt_blocks - min(hit, prompt_blocks) + c.queued_prefill_tokens / block_size
 
 
 def costs(
-    overlap_blocks: Sequence[int],
+    overlap_blocks: Sequence[float],
     queued_prefill_tokens: Sequence[int],
     active_decode_blocks: Sequence[int],
     prompt_blocks: int,
@@ -105,8 +152,9 @@ def costs(
     overlap_weight: float,
 ) -> list[float]:
     """Cost per candidate (parallel sequences, one entry per worker) of a request of
-    `prompt_blocks` full blocks that holds `request_blocks` blocks. Overlaps are at most
-    `prompt_blocks` (they come from a walk over the prompt's own blocks)."""
+    `prompt_blocks` full blocks that holds `request_blocks` blocks. Overlaps (credited ones,
+    see `credited_overlap`) are at most `prompt_blocks` (they come from a walk over the
+    prompt's own blocks)."""
     w = overlap_weight * PREFILL_BLOCK_COST
     base = w * prompt_blocks + request_blocks
     per_token = w / block_size

@@ -14,8 +14,10 @@ reports `ready` once it has applied everything stored when it subscribed;
 workers whose history the stream no longer holds show up as a gap from 0
 and are rebuilt from their snapshot. Only workers in the router's etcd view
 are followed (`is_member`); one that joins later is rebuilt the same way.
-Only device-tier ("hbm") blocks are indexed: they are what makes a prefill
-cheap.
+Every tier's blocks are indexed (`hbm`, or '' from a worker that predates
+tiers, as the device; `host_dram`, `nvme_ssd`): a block in host memory or on
+disk is copied back instead of computed. A tier this router does not know (a
+newer worker's) is skipped.
 
 Events are decoded as KvEventColumns (the same bytes as a KvEvent, with a
 stored event's block hashes in one column), so applying one costs protobuf's
@@ -33,12 +35,13 @@ from typing import TYPE_CHECKING
 import grpc
 from tandem.runtime import subjects
 from tandem.runtime.grpc_util import create_channel
+from tandem.runtime.kv_tiers import DEVICE_TIER
 from tandem.runtime.messaging import KV_STREAM_MAX_MSGS
 from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 from tandem.runtime.wire.kv_events_pb2 import KvEvent, KvEventColumns
 
-from .radix_index import RadixIndex
+from .radix_index import LOWER_TIERS, RadixIndex
 
 if TYPE_CHECKING:
     from nats.aio.subscription import Subscription
@@ -46,10 +49,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEVICE_TIERS = frozenset(("", "hbm"))
+DEVICE_TIERS = frozenset(("", DEVICE_TIER))
 RECOVERY_RETRY_SECONDS = 0.5
 RECOVERY_MAX_RETRY_SECONDS = 8.0
 RECOVERY_TIMEOUT_SECONDS = 10.0
+MAX_SKIPPED_WORKERS = 4096
+"""Workers remembered as having published before they joined our view; beyond, forgotten
+(a worker forgotten there is still rebuilt at its next event, as a gap from 0)."""
 REPLAY_MAX_EVENTS = KV_STREAM_MAX_MSGS
 """Longer streams (created with other limits) are not replayed at start: live workers are
 asked for their state instead."""
@@ -77,6 +83,8 @@ class KvEventFollower:
         self._pending: dict[str, list[KvEventColumns]] = {}  # worker -> buffered during recovery
         self._recovering: dict[str, asyncio.Task[None]] = {}
         self._departed: set[str] = set()
+        # Workers whose events arrived before they were in our etcd view (and were dropped).
+        self._skipped: set[str] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._subscription: Subscription | None = None
         self._ready = asyncio.Event()
@@ -183,8 +191,11 @@ class KvEventFollower:
             return
         if self._is_member is not None and not self._is_member(worker):
             # Not (yet) in our etcd view: another model's worker, or one still registering.
-            # Once it is a member its next event reads as a gap from 0: rebuilt, not drifted.
+            # Once it is a member it is rebuilt from event 0 (`worker_added`), not drifted.
             self._last_id.pop(worker, None)
+            if len(self._skipped) >= MAX_SKIPPED_WORKERS:  # other models' workers, mostly
+                self._skipped.clear()
+            self._skipped.add(worker)
             return
         if worker in self._recovering:
             self._pending[worker].append(event)
@@ -208,13 +219,19 @@ class KvEventFollower:
         kind = event.WhichOneof("data")
         if kind == "stored":
             stored = event.stored
-            if stored.tier in DEVICE_TIERS:
+            tier = stored.tier
+            if tier in DEVICE_TIERS:
                 # A slice reads the column into a list faster than list() does.
                 self.index.store(worker, stored.blocks.block_hash[:])
+            elif tier in LOWER_TIERS:
+                self.index.store(worker, stored.blocks.block_hash[:], tier)
         elif kind == "removed":
             removed = event.removed
-            if removed.tier in DEVICE_TIERS:
+            tier = removed.tier
+            if tier in DEVICE_TIERS:
                 self.index.remove(worker, removed.block_hashes)
+            elif tier in LOWER_TIERS:
+                self.index.remove(worker, removed.block_hashes, tier)
         elif kind == "cleared":
             self.index.clear(worker)
         self.num_applied += 1
@@ -225,10 +242,17 @@ class KvEventFollower:
 
     def worker_added(self, worker: str) -> None:
         """The worker (re)joined etcd: follow it from its next event (a restarted worker that
-        kept its instance id starts again at event 0)."""
+        kept its instance id starts again at event 0). Events it published before it
+        registered were dropped: they are fetched from it now, since a worker that starts
+        with blocks (a disk tier reloaded) may publish nothing more for a long time."""
         if worker in self._departed:
             self._departed.discard(worker)
             self._last_id.pop(worker, None)
+        if worker in self._skipped:
+            self._skipped.discard(worker)
+            if worker not in self._recovering and worker not in self._last_id:
+                self._pending[worker] = []
+                self._start_recovery(worker, 0, is_gap=False)
 
     def worker_removed(self, worker: str) -> None:
         """The worker left etcd: drop its blocks and ignore its stragglers."""
@@ -246,6 +270,7 @@ class KvEventFollower:
             self._last_id.pop(worker, None)
 
     def _forget(self, worker: str) -> None:
+        self._skipped.discard(worker)
         task = self._recovering.pop(worker, None)
         if task is not None:
             task.cancel()

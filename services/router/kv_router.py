@@ -7,6 +7,12 @@ LoadSharing), the cost model, the busy threshold and its wait queue.
 route() hashes the prompt once, only as far as the index walk reads, and
 never blocks on I/O unless every worker is busy.
 
+A worker that holds the prompt's next blocks in host memory or on disk
+(after those in its device tier) is credited for them with
+--router-host-cache-hit-weight / --router-disk-cache-hit-weight (see
+cost_model.py), and the request's prefill counted on it leaves them out: the
+worker copies them back instead of computing them.
+
 The block size prompts are hashed with is the workers' own: a model's is the
 `block_size` its oldest live worker registered (the worker whose model card
 the later ones were checked against at their start); a worker that registers
@@ -38,7 +44,7 @@ from .config import RoutingConfig
 from .kv_event_follower import KvEventFollower
 from .load_sharing import LoadSharing
 from .metrics import ModelRouterMetrics, RouterMetrics
-from .radix_index import RadixIndex
+from .radix_index import RadixIndex, TierOverlaps
 from .worker_view import WorkerView, candidates
 
 if TYPE_CHECKING:
@@ -186,7 +192,7 @@ class KvRouter(BaseRouter):
         request_blocks = cost_model.request_blocks(len(token_ids), max_tokens, block_size)
         if self.approx is not None:
             self.approx.expire()
-        overlaps = self.index.overlaps(hashes)
+        overlaps = self.index.tier_overlaps(hashes)
         chosen = self._choose(overlaps, len(hashes), request_blocks, exclude)
         if chosen is None:
             chosen = await self._wait_for_room(hashes, request_blocks, exclude)
@@ -209,12 +215,13 @@ class KvRouter(BaseRouter):
 
     def _choose(
         self,
-        overlaps: dict[str, int],
+        overlaps: TierOverlaps,
         prompt_blocks: int,
         request_blocks: int,
         exclude: Collection[str],
     ) -> tuple[InstanceInfo, int] | None:
-        """The best worker below the busy threshold and its overlap, or None when all are busy."""
+        """The best worker below the busy threshold and the prompt blocks it holds in any
+        tier, or None when all are busy."""
         instances = self._workers.instances
         refused = self._refused
         # A draining worker is still registered (its streams finish) but takes nothing new.
@@ -239,9 +246,21 @@ class KvRouter(BaseRouter):
             ids = [ids[i] for i in keep]
             prefills = [prefills[i] for i in keep]
             decodes = [decodes[i] for i in keep]
-        ov = [overlaps.get(iid, 0) for iid in ids] if overlaps else [0] * len(ids)
+        device, host, disk = overlaps
+        held: list[int] = [device.get(iid, 0) for iid in ids] if device else [0] * len(ids)
+        credited: list[float] | list[int] = held
+        if host or disk:
+            config = self.config
+            host_weight = config.router_host_cache_hit_weight
+            disk_weight = config.router_disk_cache_hit_weight
+            more = [(host.get(iid, 0), disk.get(iid, 0)) for iid in ids]
+            credited = [
+                cost_model.credited_overlap(d, h, k, host_weight, disk_weight)
+                for d, (h, k) in zip(held, more, strict=True)
+            ]
+            held = [d + h + k for d, (h, k) in zip(held, more, strict=True)]
         cost = cost_model.costs(
-            ov,
+            credited,
             list(map(cost_model.backlog_tokens, prefills)),
             decodes,
             prompt_blocks,
@@ -250,7 +269,7 @@ class KvRouter(BaseRouter):
             self.config.kv_overlap_score_weight,
         )
         best = cost_model.pick(cost, decodes, self.config.router_temperature, self._rng)
-        return instances[ids[best]], ov[best]
+        return instances[ids[best]], held[best]
 
     async def _wait_for_room(
         self, hashes: LazySequenceHashes, request_blocks: int, exclude: Collection[str]
@@ -268,7 +287,7 @@ class KvRouter(BaseRouter):
                 while True:
                     self._released.clear()
                     chosen = self._choose(
-                        self.index.overlaps(hashes), len(hashes), request_blocks, exclude
+                        self.index.tier_overlaps(hashes), len(hashes), request_blocks, exclude
                     )
                     if chosen is not None:
                         return chosen

@@ -9,7 +9,10 @@ A block is in one of three states:
   evictable in LRU order);
 - free: holds nothing.
 Allocation takes free blocks first, then evicts the least recently used
-cached block (reported as removed). The blocks one call evicts, or one
+cached block (reported as removed). With a tiered cache attached (`attach_tiers`,
+kvbm/manager.py) the blocks it evicts may live on in host memory or on disk: the
+KVBM sees each block that becomes hashed and each cached block before it is reused, and
+pins the blocks it is copying down. The blocks one call evicts, or one
 `coalesced_removals()` scope (the scheduler's step), are reported as one
 removal listing them all, in eviction order: one KV event per pass, not per block.
 """
@@ -20,10 +23,14 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tandem.runtime.block_hash import BLOCK_HASH_SEED, BlockHashes, hash_blocks
 
 from .kv_event_sink import KvEventSink
+
+if TYPE_CHECKING:
+    from .kvbm.manager import Kvbm
 
 _NO_HASHES = BlockHashes([], [])  # shared, never changed
 
@@ -69,6 +76,12 @@ class BlockManager:
         self.num_prompt_tokens_cached = 0
         self._evicted: list[int] = []  # hashes evicted and not reported yet
         self._coalescing = False
+        self.tiers: Kvbm | None = None  # the lower tiers, when a KVBM is attached
+
+    def attach_tiers(self, tiers: Kvbm) -> None:
+        """Put a tiered cache below this pool (before any block is allocated)."""
+        self.tiers = tiers
+        tiers.attach(self)
 
     # -- queries -------------------------------------------------------------
 
@@ -84,6 +97,11 @@ class BlockManager:
     @property
     def num_cached_blocks(self) -> int:
         return len(self._cached)
+
+    @property
+    def utilization(self) -> float:
+        """Share of blocks holding KV (active or cached), 0..1."""
+        return (self.num_blocks - len(self._free)) / self.num_blocks
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -198,6 +216,8 @@ class BlockManager:
                 continue
             self._block_hash[block_id] = seq_hash
             self._hash_to_block[seq_hash] = block_id
+            if self.tiers is not None:
+                self.tiers.device_stored(block_id, seq_hash, local_hash, parent)
             if extends_run:
                 runs[-1][1].append((seq_hash, local_hash))
             else:
@@ -212,15 +232,23 @@ class BlockManager:
         """Release a sequence's blocks; hashed ones stay cached for reuse."""
         # Free in reverse so a sequence's tail is evicted before its prefix.
         for block_id in reversed(table.block_ids):
-            self._ref_counts[block_id] -= 1
-            if self._ref_counts[block_id] == 0:
-                if self._block_hash[block_id] is not None:
-                    self._cached[block_id] = None
-                else:
-                    self._free.append(block_id)
+            self.unpin(block_id)
         table.block_ids.clear()
         table.hashes.clear()
         table.prompt_hashes = _NO_HASHES
+
+    def pin(self, block_id: int) -> None:
+        """Hold `block_id` (one more reference): never evicted or reused until `unpin`."""
+        self._take(block_id)
+
+    def unpin(self, block_id: int) -> None:
+        """Drop one reference; at none a hashed block stays cached, any other is free."""
+        self._ref_counts[block_id] -= 1
+        if self._ref_counts[block_id] == 0:
+            if self._block_hash[block_id] is not None:
+                self._cached[block_id] = None
+            else:
+                self._free.append(block_id)
 
     @contextmanager
     def coalesced_removals(self) -> Iterator[None]:
@@ -236,6 +264,8 @@ class BlockManager:
     def clear(self) -> None:
         """Drop every cached block (active ones must already be freed)."""
         self._report_evicted()  # evictions before the clear are reported before it
+        if self.tiers is not None:
+            self.tiers.device_cleared()
         for block_id in list(self._cached):
             self._forget(block_id)
             self._free.append(block_id)
@@ -255,6 +285,8 @@ class BlockManager:
             block_id = self._free.pop()
         else:
             block_id, _ = self._cached.popitem(last=False)
+            if self.tiers is not None:
+                self.tiers.device_evicting(block_id)  # a dirty block is written down first
             evicted = self._forget(block_id)
             if evicted is not None:
                 self._evicted.append(evicted)

@@ -12,9 +12,12 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tandem.runtime.model_card import ModelCard
+
+if TYPE_CHECKING:
+    from .kvbm.manager import KvbmStats
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
@@ -148,6 +151,10 @@ class BaseEngine(abc.ABC):
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         return ()
+
+    def kvbm_stats(self) -> KvbmStats | None:
+        """The tiered KV cache's totals (None without `--connector kvbm`)."""
+        return None
 
     def model_card(self) -> ModelCard:
         """What the worker publishes at `tandem/{ns}/models/{model}`."""

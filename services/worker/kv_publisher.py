@@ -4,8 +4,10 @@
 their own thread: ids are assigned under a lock and the event loop is only
 woken (`call_soon_threadsafe`); one publishing task sends events strictly in
 id order. It also mirrors the set of resident blocks from the events it
-numbers, so `events_since` can answer with a snapshot consistent with a given
-event id, whatever the engine (torch, mocker, or SGLang's translated events).
+numbers, per tier (`tandem.runtime.kv_tiers`: the engine's pool, and a KV block
+manager's host memory and disk), so `events_since` can answer with a snapshot
+consistent with a given event id, whatever the engine (torch, mocker, or SGLang's
+translated events): a router that resyncs learns the host and disk blocks too.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import threading
 from collections import deque
 from typing import Protocol
 
+from tandem.runtime.kv_tiers import DEVICE_TIER, TIERS
 from tandem.runtime.pacing import WritePacer
 from tandem.runtime.tasks import cancel_and_wait
 from tandem.runtime.wire.kv_events_pb2 import BlocksRemoved, BlocksStored, KvEvent, StoredBlock
 
 log = logging.getLogger(__name__)
-DEFAULT_TIER = "hbm"
 # At most one burst of publishes (one NATS socket write) per this many seconds;
 # routers see events at most this much later.
 MIN_FLUSH_INTERVAL_S = 0.005
@@ -41,12 +43,10 @@ class KvEventPublisher:
         instance_id: str,
         transport: KvEventTransport | None = None,
         ring_size: int = 10_000,
-        tier: str = DEFAULT_TIER,
     ) -> None:
         if ring_size <= 0:
             raise ValueError("ring_size must be positive")
         self.instance_id = instance_id
-        self.tier = tier
         self._transport = transport
         self._lock = threading.Lock()
         self._ring: deque[KvEvent] = deque(maxlen=ring_size)
@@ -55,8 +55,8 @@ class KvEventPublisher:
         # what a few flush intervals produce, whatever the ring size.
         self._outbox: deque[KvEvent] = deque(maxlen=max(ring_size, MIN_OUTBOX_SIZE))
         self._next_id = 0
-        # Resident blocks: sequence hash -> (local hash, parent sequence hash).
-        self._resident: dict[int, tuple[int, int | None]] = {}
+        # Resident blocks per tier: sequence hash -> (local hash, parent sequence hash).
+        self._resident: dict[str, dict[int, tuple[int, int | None]]] = {DEVICE_TIER: {}}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._wake: asyncio.Event | None = None
@@ -96,32 +96,40 @@ class KvEventPublisher:
 
     # -- KvEventSink -------------------------------------------------------------
 
-    def stored(self, parent_hash: int | None, blocks: list[tuple[int, int]]) -> None:
+    def stored(
+        self, parent_hash: int | None, blocks: list[tuple[int, int]], tier: str = DEVICE_TIER
+    ) -> None:
         if not blocks:
             return
         stored = BlocksStored(
-            blocks=[StoredBlock(block_hash=h, local_hash=lh) for h, lh in blocks], tier=self.tier
+            blocks=[StoredBlock(block_hash=h, local_hash=lh) for h, lh in blocks], tier=tier
         )
         if parent_hash is not None:
             stored.parent_hash = parent_hash
         with self._lock:
+            resident = self._resident.get(tier)
+            if resident is None:
+                resident = self._resident[tier] = {}
             parent = parent_hash
             for h, lh in blocks:
-                self._resident[h] = (lh, parent)
+                resident[h] = (lh, parent)
                 parent = h
             self._append(KvEvent(stored=stored))
 
-    def removed(self, block_hashes: list[int]) -> None:
+    def removed(self, block_hashes: list[int], tier: str = DEVICE_TIER) -> None:
         if not block_hashes:
             return
         with self._lock:
-            for h in block_hashes:
-                self._resident.pop(h, None)
-            self._append(KvEvent(removed=BlocksRemoved(block_hashes=block_hashes, tier=self.tier)))
+            resident = self._resident.get(tier)
+            if resident is not None:
+                for h in block_hashes:
+                    resident.pop(h, None)
+            self._append(KvEvent(removed=BlocksRemoved(block_hashes=block_hashes, tier=tier)))
 
     def cleared(self) -> None:
         with self._lock:
-            self._resident.clear()
+            for resident in self._resident.values():
+                resident.clear()
             event = KvEvent()
             event.cleared.SetInParent()
             self._append(event)
@@ -133,7 +141,8 @@ class KvEventPublisher:
 
         The ring's events when it still holds `from_event_id`; otherwise a
         snapshot (AllCleared, then BlocksStored chains of every resident
-        block), each snapshot event carrying `last_event_id` as its id.
+        block, tier by tier, fastest first), each snapshot event carrying
+        `last_event_id` as its id.
         `last_event_id` is the last id assigned. Before the first event it is
         0 with no events: nothing to apply, and the next event will be 0.
         """
@@ -145,9 +154,10 @@ class KvEventPublisher:
                 return [self._ring[i] for i in range(start, len(self._ring))], False, max(last, 0)
             return self._snapshot(max(last, 0)), True, max(last, 0)
 
-    def resident_blocks(self) -> dict[int, tuple[int, int | None]]:
+    def resident_blocks(self, tier: str = DEVICE_TIER) -> dict[int, tuple[int, int | None]]:
+        """Blocks resident in `tier`: sequence hash -> (local hash, parent sequence hash)."""
         with self._lock:
-            return dict(self._resident)
+            return dict(self._resident.get(tier, {}))
 
     # -- internals -------------------------------------------------------------
 
@@ -169,26 +179,42 @@ class KvEventPublisher:
         cleared = KvEvent(instance_id=self.instance_id, event_id=event_id)
         cleared.cleared.SetInParent()
         events = [cleared]
+        known = [t for t in TIERS if t in self._resident]
+        for tier in known + sorted(set(self._resident) - set(known)):
+            for stored in self._chains(tier, self._resident[tier]):
+                events.append(
+                    KvEvent(instance_id=self.instance_id, event_id=event_id, stored=stored)
+                )
+        return events
+
+    @staticmethod
+    def _chains(tier: str, resident: dict[int, tuple[int, int | None]]) -> list[BlocksStored]:
+        """`resident` as BlocksStored chains: a block after its parent whenever the tier holds
+        the parent. A chain whose first block's parent is elsewhere (another tier, or evicted)
+        still names that parent, as the live event did."""
         children: dict[int | None, list[int]] = {}
-        for h, (_, parent) in self._resident.items():
-            children.setdefault(parent if parent in self._resident else None, []).append(h)
+        for h, (_, parent) in resident.items():
+            children.setdefault(parent if parent in resident else None, []).append(h)
+        out: list[BlocksStored] = []
         # Depth-first from each root: a chain continues through the first child;
         # other children start a new BlocksStored after their parent.
-        stack: list[tuple[int | None, int]] = [(None, h) for h in reversed(children.get(None, []))]
+        stack: list[tuple[int | None, int]] = [
+            (resident[h][1], h) for h in reversed(children.get(None, []))
+        ]
         while stack:
             parent, h = stack.pop()
-            stored = BlocksStored(tier=self.tier)
+            stored = BlocksStored(tier=tier)
             if parent is not None:
                 stored.parent_hash = parent
             while True:
-                stored.blocks.append(StoredBlock(block_hash=h, local_hash=self._resident[h][0]))
+                stored.blocks.append(StoredBlock(block_hash=h, local_hash=resident[h][0]))
                 kids = children.get(h, [])
                 stack.extend((h, k) for k in reversed(kids[1:]))
                 if not kids:
                     break
                 h = kids[0]
-            events.append(KvEvent(instance_id=self.instance_id, event_id=event_id, stored=stored))
-        return events
+            out.append(stored)
+        return out
 
     async def _publish_loop(self) -> None:
         assert self._wake is not None

@@ -15,6 +15,8 @@ from prometheus_client.registry import Collector
 from tandem.runtime.metrics import MetricGroup, registry_for
 
 from .engine import EngineStats
+from .kvbm.manager import KvbmStats
+from .kvbm.metrics import KvbmCollector
 
 WORKER = MetricGroup(
     "worker",
@@ -72,7 +74,13 @@ REMOTE_PREFILLS = WORKER.counter(
     detail="`outcome`: `remote` (the KV arrived), `local_timeout` (none within "
     "`--remote-prefill-timeout`), `local_failed` (the prefill worker reported a failure), "
     "`local_no_blocks` (no room to park it), `local_publish_failed` (the job could not be "
-    "queued), `refused_late` (a completion for a job no longer waited for).",
+    "queued), `local_no_prefill_worker` (its prefill worker left and no other is live), "
+    "`refused_late` (a completion for a job no longer waited for).",
+)
+PREFILL_REDELIVERIES = WORKER.counter(
+    "prefill_redeliveries_total",
+    "Decode role: prefill jobs moved to another prefill worker because theirs left "
+    "(its etcd record went: crashed or stopped) before the KV arrived.",
 )
 PREFILL_JOBS = WORKER.counter(
     "prefill_jobs_total",
@@ -126,6 +134,7 @@ class WorkerMetrics:
         model: str,
         instance_id: str,
         role: str,
+        kvbm_stats: Callable[[], KvbmStats | None] | None = None,
     ) -> None:
         self.registry = registry_for(WORKER, model=model, worker=instance_id, role=role)
         r = self.registry
@@ -138,11 +147,14 @@ class WorkerMetrics:
         self.request_latency = REQUEST_LATENCY.create(r)
         self.in_flight = IN_FLIGHT.create(r)
         self.remote_prefills = REMOTE_PREFILLS.create(r)
+        self.prefill_redeliveries = PREFILL_REDELIVERIES.create(r)
         self.prefill_jobs = PREFILL_JOBS.create(r)
         self.kv_transfer_bytes = KV_TRANSFER_BYTES.create(r)
         self.kv_transfer_seconds = KV_TRANSFER_SECONDS.create(r)
         self.kv_transfer_gbps = KV_TRANSFER_GBPS.create(r)
         r.register(EngineStatsCollector(stats))
+        if kvbm_stats is not None:
+            r.register(KvbmCollector(kvbm_stats))
         r.register(_GeneratedTokensCollector(self))
 
 

@@ -25,6 +25,12 @@ first token appended) or `resume_local()` (prefill it here after all). A
 prefill worker's sequence has `pin_blocks`: when it finishes, its blocks stay
 held (`pinned`) until `release()`, once the transfer has read them.
 
+A tiered cache (`BlockManager.tiers`, kvbm/manager.py) adds one more: a request
+whose prompt continues, past the device's cached prefix, with blocks held in host memory
+or on disk is admitted `ONBOARDING`: all its blocks are allocated, those blocks are copied
+up off the step, and it joins the running batch once they are back (prefilling from the
+first block that did not come back). Each step starts by running the copies that finished.
+
 Not thread-safe: only the engine's step loop calls it.
 """
 
@@ -75,7 +81,10 @@ class Scheduler(Generic[S]):
         self.running: list[S] = []
         self.parked: set[S] = set()  # awaiting KV from a prefill worker
         self.pinned: set[S] = set()  # finished prefill-only, blocks held for the transfer
+        self.onboarding: set[S] = set()  # cached prefix being copied up from a lower tier
         self.num_preemptions = 0
+        # Set when a step found nothing to do only because copies are in flight.
+        self._waiting_on_copies = False
         # Blocks kept free when admitting, so running decodes can grow.
         self._watermark_blocks = int(config.watermark * block_manager.num_blocks)
 
@@ -94,7 +103,18 @@ class Scheduler(Generic[S]):
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        """A step would make progress now (the engine's loop sleeps otherwise; a tiered
+        cache's copier wakes it when a copy finishes)."""
+        tiers = self.block_manager.tiers
+        if tiers is not None and tiers.has_completed:
+            return True
+        return bool(self.running or (self.waiting and not self._waiting_on_copies))
+
+    @property
+    def waiting_on_copies(self) -> bool:
+        """Blocks are held by copies in flight: a request that does not fit now may later."""
+        tiers = self.block_manager.tiers
+        return bool(self.onboarding) or (tiers is not None and tiers.busy)
 
     @property
     def num_pending_prefill_tokens(self) -> int:
@@ -112,7 +132,7 @@ class Scheduler(Generic[S]):
             total_blocks=bm.num_blocks,
             active_blocks=bm.num_active_blocks,
             cached_blocks=bm.num_cached_blocks,
-            num_running=len(self.running) + len(self.parked),
+            num_running=len(self.running) + len(self.parked) + len(self.onboarding),
             num_waiting=len(self.waiting),
             pending_prefill_tokens=self.num_pending_prefill_tokens,
             prefix_cache_hit_rate=bm.prefix_cache_hit_rate,
@@ -132,6 +152,11 @@ class Scheduler(Generic[S]):
             self.running.remove(seq)
         elif seq.status is SequenceStatus.PARKED:
             self.parked.discard(seq)
+        elif seq.status is SequenceStatus.ONBOARDING:
+            # Copies are writing into its blocks: they are freed once those finish.
+            seq.status = SequenceStatus.FINISHED
+            seq.finish_reason = reason
+            return
         elif seq in self.waiting:  # not there when it never was added
             self.waiting.remove(seq)
         seq.status = SequenceStatus.FINISHED
@@ -192,7 +217,14 @@ class Scheduler(Generic[S]):
     def schedule(self) -> ScheduledBatch[S]:
         """The next step's batch. The blocks it evicts are reported as one removal."""
         with self.block_manager.coalesced_removals():
-            return self._schedule()
+            tiers = self.block_manager.tiers
+            if tiers is not None:
+                self._waiting_on_copies = False
+                tiers.poll()
+            batch = self._schedule()
+            if not batch and self.waiting and self.waiting_on_copies:
+                self._waiting_on_copies = True
+            return batch
 
     def _schedule(self) -> ScheduledBatch[S]:
         batch: ScheduledBatch[S] = ScheduledBatch()
@@ -229,12 +261,14 @@ class Scheduler(Generic[S]):
             budget -= self._add_prefill(batch, seq, budget)
 
         while self.waiting and budget > 0 and not preempted:
-            if len(self.running) >= self.config.max_num_seqs:
+            if len(self.running) + len(self.onboarding) >= self.config.max_num_seqs:
                 break
             seq = self.waiting[0]
             if not self._admit(seq):
                 break
             self.waiting.popleft()
+            if seq.status is SequenceStatus.ONBOARDING:
+                continue
             self.running.append(seq)
             budget -= self._add_prefill(batch, seq, budget)
         return batch
@@ -277,10 +311,48 @@ class Scheduler(Generic[S]):
         return n
 
     def _admit(self, seq: S) -> bool:
+        first_admission = seq.num_cached_tokens < 0
         if not self._allocate(seq):
             return False
         seq.status = SequenceStatus.RUNNING
+        if self.block_manager.tiers is not None:
+            self._start_onboarding(seq, first_admission)
         return True
+
+    def _start_onboarding(self, seq: S, first_admission: bool) -> None:
+        """Copy up the blocks after `seq`'s device-cached prefix that a lower tier holds."""
+        bm = self.block_manager
+        tiers = bm.tiers
+        table = seq.table
+        assert tiers is not None and table is not None
+        bs = bm.block_size
+        hashes = table.prompt_hashes.sequence
+        start = table.num_cached_tokens // bs
+        # As for device hits: the block of the last prompt token is always computed here.
+        reusable = (len(seq.token_ids) - 1) // bs
+        count = tiers.lookup(hashes, start, reusable - start)
+        tiers.count_admission(len(hashes), start)
+        if not count:
+            return
+
+        def done(num_back: int) -> None:
+            self.onboarding.discard(seq)
+            if seq.status is SequenceStatus.FINISHED:  # ended while its blocks were copied
+                if seq.table is not None:
+                    bm.free(seq.table)
+                    seq.table = None
+                return
+            assert seq.table is not None
+            seq.num_computed_tokens = (start + num_back) * bs
+            bm.mark_computed(seq.table, seq.token_ids, seq.num_computed_tokens)
+            if first_admission:
+                seq.num_cached_tokens = seq.num_computed_tokens
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+
+        if tiers.onboard(hashes, start, count, table.block_ids, done):
+            seq.status = SequenceStatus.ONBOARDING
+            self.onboarding.add(seq)
 
     def _allocate(self, seq: S) -> bool:
         """`seq`'s block table for its whole prompt (cached prefix reused), or False."""

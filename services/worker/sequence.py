@@ -21,6 +21,8 @@ class SequenceStatus(enum.Enum):
     FINISHED = enum.auto()
     # Blocks allocated, not scheduled: its KV is being prefilled on another worker.
     PARKED = enum.auto()
+    # Blocks allocated, not scheduled: its cached prefix is copied up from host memory or disk.
+    ONBOARDING = enum.auto()
 
 
 @dataclass(slots=True, eq=False, kw_only=True)

@@ -85,6 +85,7 @@ class WorkerServer:
             model=self.engine.model_name,
             instance_id=self.instance_id,
             role=config.disaggregation_mode,
+            kvbm_stats=self.engine.kvbm_stats,
         )
         self.reporter = LoadReporter(
             self.instance_id,
@@ -120,6 +121,7 @@ class WorkerServer:
             transport=self.kv_plane,
             gate=self.kv_plane.receiver if self.kv_plane else None,
             tracer=self.service.tracer,
+            discovery=discovery,
         )
         self.service.remote_prefill = self.disagg.decode if self.disagg else None
         self._grpc: grpc.aio.Server | None = None

@@ -3,8 +3,9 @@
 The conditional rule (short -> local, long -> remote, long with a full queue ->
 local, long but cached on the decode worker -> local), its knobs changed at
 run time through etcd, token-identical output remote vs local, and the
-faults: a prefill worker killed mid-job, a decode worker killed mid-transfer,
-a client that disconnects while its prompt is prefilled elsewhere.
+faults: a prefill worker killed mid-job (its jobs move to another one), a
+decode worker killed mid-transfer, a client that disconnects while its prompt
+is prefilled elsewhere.
 """
 
 from __future__ import annotations
@@ -208,28 +209,38 @@ def run_streams(
     return out, errors, threads
 
 
-def test_prefill_worker_killed_mid_job(cluster: Cluster) -> None:
-    # Each transfer takes ~5 s (25 blocks of 2 MiB at 0.01 GB/s, speedup 1) and the decode
-    # worker waits 8 s: untouched, every long prompt would be prefilled remotely. The prefill
-    # worker is killed while the jobs run; the decode worker prefills them itself at 8 s.
-    prefill, _, decode, d_metrics = disagg_cluster(
-        cluster, "--remote-prefill-timeout", "8",
-        prefill_extra=("--kv-transfer-bandwidth", "0.01"), prefill_speedup=1.0,
-    )  # fmt: skip
+def test_prefill_worker_killed_mid_job_is_redelivered(cluster: Cluster) -> None:
+    # The first prefill worker's transfers would take ~520 s (25 blocks of 2 MiB at 0.0001
+    # GB/s): it holds every long prompt's job when it is killed. The decode worker would wait
+    # 300 s before prefilling them itself, so only the second prefill worker, started once
+    # the jobs are held, can be what serves them: the decode worker moves the jobs to it
+    # when the first one's etcd record goes.
+    doomed, _ = start_role(cluster, "prefill", "--kv-transfer-bandwidth", "0.0001", speedup=1.0)
+    decode, d_metrics = start_role(cluster, "decode", "--remote-prefill-timeout", "300")
+    cluster.start_frontend("--max-local-prefill-length", str(LONG), wait_workers=2)
     long_prompts = [prompt(400, f"kill{i}") for i in range(4)]
     short_prompts = [prompt(20, f"live{i}") for i in range(4)]
     out, errors, threads = run_streams(cluster, long_prompts + short_prompts, 40)
-    d_url = f"http://{d_metrics}/metrics"
     cluster.frontend.wait_until(  # type: ignore[union-attr]
-        lambda: stats(decode).num_running >= 4, 30, "the long prompts to be parked"
+        lambda: stats(doomed).active_blocks == 4 * 25, 30, "the four jobs to be mid-transfer"
     )
-    prefill.proc.kill()  # mid-job: its transfers never finish, its jobs are never acked
+    survivor, s_metrics = start_role(cluster, "prefill")
+    decode.proc.wait_log(f"instance added: worker {survivor.instance_id}", timeout=30)
+    doomed.proc.kill()
     for t in threads:
         t.join(120)
     assert not errors, errors
     assert len(out) == 8
-    assert metric(d_url, "tandem_worker_remote_prefills_total", outcome="local_timeout") == 4
-    wait_idle(cluster, decode)
+    d_url, s_url = f"http://{d_metrics}/metrics", f"http://{s_metrics}/metrics"
+    assert metric(d_url, "tandem_worker_prefill_redeliveries_total") == 4
+    # Every long prompt's KV came from the survivor; none was prefilled on the decode worker.
+    assert metric(d_url, "tandem_worker_remote_prefills_total", outcome="remote") == 4
+    assert metric(d_url, "tandem_worker_remote_prefills_total") == 4
+    assert metric(s_url, "tandem_worker_prefill_jobs_total", outcome="done") == 4
+    assert metric(s_url, "tandem_worker_kv_transfer_bytes_total", direction="sent") == (
+        4 * 25 * 16 * 131072
+    )
+    wait_idle(cluster, decode, survivor)
 
 
 def test_decode_worker_killed_mid_transfer(cluster: Cluster) -> None:

@@ -8,6 +8,7 @@ official `kubernetes` client, as it would reach a cluster's API server.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,11 @@ from tandem.planner.kubernetes_connector import (
 from tandem.planner.target import ReplicaTarget, TargetStore
 from tandem.runtime import kube_client
 from tandem.runtime.discovery import Discovery
+from tandem.runtime.instance_info import InstanceInfo, Role
+from tandem.runtime.messaging import Messaging
+from tandem.runtime.prefill_queue import PrefillQueue
 from tandem.runtime.startup import StartupError
+from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
 
 from tests.support.checks import wait_until
 from tests.support.kube_api import KubeApiProcess
@@ -193,3 +198,67 @@ def test_connector_kubernetes_without_a_deployment_is_a_usage_error(log_dir: Pat
     assert proc.proc.wait(30) == 2
     assert "--connector kubernetes needs --kubernetes-deployment" in proc.log_text()
     proc.stop()
+
+
+async def test_load_mode_planner_scales_each_pools_deployment_on_its_own_load(
+    kube_api: KubeApiProcess, infra: LocalInfra, namespace: str, log_dir: Path
+) -> None:
+    """Disaggregated, --mode load: decode grows on KV usage, prefill on the prefill queue,
+    each through its own Deployment."""
+    model = "k8s-pools-model"
+    kube_api.create("tandem", "llm-prefill", 1)
+    kube_api.create("tandem", "llm-decode", 1)
+    discovery = Discovery(infra.etcd_url, namespace)
+    messaging = Messaging(infra.nats_url, namespace)
+    await discovery.start()
+    await messaging.connect()
+    active = {"d1": 95}  # of 100 blocks: 0.95 > --scale-up-kv-usage 0.8
+
+    async def register(instance_id: str, role: Role) -> None:
+        await discovery.register_instance(
+            InstanceInfo(instance_id, "worker", "127.0.0.1:1", model=model, role=role,
+                         total_blocks=100, started_at=time.time())
+        )  # fmt: skip
+
+    async def report_forever() -> None:
+        while True:
+            for instance_id, blocks in list(active.items()):
+                await messaging.publish_load(
+                    LoadMetrics(instance_id=instance_id, total_blocks=100, active_blocks=blocks,
+                                timestamp=time.time())
+                )  # fmt: skip
+            await asyncio.sleep(0.1)
+
+    reporter = asyncio.create_task(report_forever())
+    await register("p1", "prefill")
+    await register("d1", "decode")
+    planner = ServiceProcess(
+        "tandem.planner",
+        [*infra_flags(infra, namespace), "--model", model, "--connector", "kubernetes",
+         "--kubernetes-pool-deployment", "prefill=llm-prefill,decode=llm-decode",
+         "--kubeconfig", str(kube_api.kubeconfig), "--adjustment-interval", "0.3",
+         "--max-workers", "4"],
+        log_dir,
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: kube_api.replicas("tandem", "llm-decode") == 2, 30,
+                         "the decode Deployment at 2 replicas")  # fmt: skip
+        assert kube_api.replicas("tandem", "llm-prefill") == 1  # its queue is empty
+        # The new decode worker serves and the load spreads; prompts queue up for prefill.
+        await register("d2", "decode")
+        active.update(d1=40, d2=40)
+        queue = PrefillQueue(messaging)
+        for i in range(5):  # 5 jobs on one prefill worker: above 2.0 a worker
+            await queue.publish(model, "p1", f"job {i}".encode())
+        await wait_until(lambda: kube_api.replicas("tandem", "llm-prefill") == 2, 30,
+                         "the prefill Deployment at 2 replicas")  # fmt: skip
+        assert kube_api.replicas("tandem", "llm-decode") == 2
+        log = planner.log_text()
+        assert re.search(r"scaling \S+ decode pool up: 1 -> 2 workers", log), log[-3000:]
+        assert re.search(r"scaling \S+ prefill pool up: 1 -> 2 workers .*prefill_queue=5", log)
+        assert "kubernetes scaled deployment=tandem/llm-prefill replicas=1->2" in log
+    finally:
+        reporter.cancel()
+        assert planner.stop() == 0, planner.log_text()[-3000:]
+        await messaging.close()
+        await discovery.close()

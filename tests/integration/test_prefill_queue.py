@@ -54,3 +54,21 @@ async def test_a_withdrawn_job_is_never_delivered(queue: PrefillQueue) -> None:
     msgs = await consumer.fetch(10, timeout=2)
     assert [m.data for m in msgs] == [b"kept"]
     await consumer.close()
+
+
+async def test_depths_per_worker_and_a_taken_job_withdrawn(queue: PrefillQueue) -> None:
+    # What moving a dead prefill worker's job needs: its depth per worker, and a job it
+    # pulled (never acked) can be withdrawn, so its consumer never delivers it again.
+    taken = await queue.publish("m.v1", "p1", b"taken")
+    await queue.publish("m.v1", "p2", b"x")
+    await queue.publish("m.v1", "p2", b"y")
+    await queue.publish("other", "p1", b"z")
+    assert await queue.depths("m.v1") == {"p1": 1, "p2": 2}
+    consumer = await queue.consumer("m.v1", "p1")
+    (msg,) = await consumer.fetch(1, timeout=2)
+    assert msg.data == b"taken"
+    assert await queue.withdraw(taken)
+    assert await queue.depths("m.v1") == {"p2": 2}
+    await msg.nak()  # what a worker that comes back does with it: nothing is left to deliver
+    assert await consumer.fetch(1, timeout=0.5) == []
+    await consumer.close()

@@ -41,6 +41,13 @@ One request served disaggregated:
    a late transfer never lands in blocks it now computes itself. A client
    disconnect withdraws the job and frees the parked blocks; the prefill side
    finds its completion refused and frees its own.
+5. When the job's prefill worker leaves before the completion (its etcd
+   record goes; `prefill_pool.PrefillPool` watches the model's prefill
+   workers), the decode worker moves the job: withdrawn, published again with
+   a new job id for the live prefill worker with the fewest queued jobs, the
+   old id withdrawn from the receiver gate before the new one is expected.
+   The same timeout bounds the whole wait; with no prefill worker left it
+   prefills locally at once.
 
 Transport: the data plane's `kv_transfer.transport.BaseKvTransport`
 (`await send_blocks(peer, src_block_ids, dst_block_ids, transfer_id=job_id)

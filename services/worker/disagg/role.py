@@ -1,8 +1,9 @@
 """One worker's disaggregated role: what `WorkerServer` builds for `prefill` and `decode` workers.
 
 - `decode`: a `DecodeCoordinator` (requests with `remote_prefill` are parked
-  and their jobs published) and the `Disagg` gRPC service that takes the
-  prefill workers' completions, on the worker's gRPC server.
+  and their jobs published; with discovery, a `PrefillPool` watch moves the
+  jobs of a prefill worker that left) and the `Disagg` gRPC service that takes
+  the prefill workers' completions, on the worker's gRPC server.
 - `prefill`: a `PrefillJobRunner` on this worker's JetStream consumer.
 - `aggregated`: nothing (`for_role` returns None); a request that names a
   remote prefill is prefilled here.
@@ -14,6 +15,7 @@ import logging
 
 import grpc
 from opentelemetry.trace import Tracer
+from tandem.runtime.discovery import Discovery
 from tandem.runtime.messaging import Messaging
 from tandem.runtime.prefill_queue import PrefillQueue
 from tandem.runtime.startup import StartupError
@@ -23,6 +25,7 @@ from ..engine import BaseEngine
 from ..kv_transfer.transport import BaseKvTransport
 from .decode_side import DecodeCoordinator, DisaggMetrics, TransferGate
 from .engine_hooks import DisaggEngine
+from .prefill_pool import PrefillPool
 from .prefill_side import PrefillJobRunner
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class DisaggRole:
         transport: BaseKvTransport | None = None,
         gate: TransferGate | None = None,
         tracer: Tracer | None = None,
+        discovery: Discovery | None = None,
     ) -> DisaggRole | None:
         """The role's parts, or None for `aggregated`; StartupError for an engine without the
         hooks (a prefill or decode worker needs `DisaggEngine`)."""
@@ -78,6 +82,10 @@ class DisaggRole:
             )
         queue = PrefillQueue(messaging)
         if role == "decode":
+            pool = None
+            if discovery is not None:
+                view = discovery.instance_set("worker", engine.model_name)
+                pool = PrefillPool(view, queue, engine.model_name)
             coordinator = DecodeCoordinator(
                 instance_id,
                 engine.model_name,
@@ -86,6 +94,7 @@ class DisaggRole:
                 metrics,
                 remote_prefill_timeout,
                 gate=gate,
+                pool=pool,
             )
             return cls(role, decode=coordinator)
         runner = PrefillJobRunner(
@@ -107,7 +116,7 @@ class DisaggRole:
     async def start(self, endpoint: str) -> None:
         if self.decode is not None:
             self.decode.endpoint = endpoint
-            await self.decode.queue.ensure_stream()
+            await self.decode.start()
         if self.prefill is not None:
             await self.prefill.start()
         log.info("disaggregated role=%s endpoint=%s", self.role, endpoint)

@@ -12,6 +12,7 @@ from tandem.runtime.model_card import (
     default_model_path,
 )
 
+from ..kvbm.config import KvbmConfig
 from ..scheduler_config import SchedulerConfig
 
 MOCKER_CONTEXT_LENGTH = 131_072
@@ -69,6 +70,16 @@ class MockerConfig:
     kv_transfer_bandwidth: float = option(
         25.0, "GB/s between workers for disaggregated KV transfers (simulated, no bytes move)"
     )
+    kvbm: KvbmConfig = option(
+        help="tiered KV cache below the simulated device pool (no bytes move)",
+        default_factory=KvbmConfig,
+    )
+    kvbm_host_bandwidth: float = option(
+        25.0, "GB/s between the device pool and host memory (simulated; PCIe 5 x16 in practice)"
+    )
+    kvbm_disk_bandwidth: float = option(
+        5.0, "GB/s between host memory and the disk tier (simulated; one NVMe drive)"
+    )
 
     def __post_init__(self) -> None:
         if self.num_kv_blocks <= 0:
@@ -79,6 +90,8 @@ class MockerConfig:
             raise ValueError("speedup_ratio must be positive")
         if self.kv_bytes_per_token <= 0 or self.kv_transfer_bandwidth <= 0:
             raise ValueError("kv_bytes_per_token and kv_transfer_bandwidth must be positive")
+        if self.kvbm_host_bandwidth <= 0 or self.kvbm_disk_bandwidth <= 0:
+            raise ValueError("kvbm_host_bandwidth and kvbm_disk_bandwidth must be positive")
 
     @property
     def resolved_model_path(self) -> str:

@@ -42,6 +42,8 @@ from ..engine import (
     TokenLogprob,
 )
 from ..kv_event_sink import KvEventSink
+from ..kvbm.build import simulated_kvbm
+from ..kvbm.manager import Kvbm, KvbmStats
 from ..scheduler import ScheduledBatch, Scheduler
 from .config import MockerConfig
 from .sequence import MockSequence, token_rng
@@ -66,10 +68,12 @@ class MockerEngine(PushEngine):
             vocab_size=config.vocab_size,
             eos_token_ids=(config.eos_token_id,),
         )
+        self._sink = sink
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._prefill_avg = 0.0
         self._decode_avg = 0.0
+        self.kvbm: Kvbm | None = None
 
     @property
     def context_length(self) -> int:
@@ -87,6 +91,19 @@ class MockerEngine(PushEngine):
         return dataclasses.replace(super().model_card(), vocab_size=self.config.vocab_size)
 
     async def start(self) -> None:
+        cfg = self.config
+        if cfg.kvbm.enabled and self.kvbm is None:
+            self.kvbm = simulated_kvbm(
+                cfg.kvbm,
+                cfg.num_kv_blocks,
+                cfg.kv_bytes_per_token * self.block_size,
+                cfg.kvbm_host_bandwidth,
+                cfg.kvbm_disk_bandwidth,
+                cfg.speedup_ratio,
+                self._sink,
+                self._wake.set,
+            )
+            self.scheduler.block_manager.attach_tiers(self.kvbm)
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="mocker-steps")
 
@@ -94,12 +111,14 @@ class MockerEngine(PushEngine):
         await cancel_and_wait(self._task)
         self._task = None
         sched = self.scheduler
-        ended = [*sched.running, *sched.waiting, *sched.parked]
+        ended = [*sched.running, *sched.waiting, *sched.parked, *sched.onboarding]
         for seq in ended:
             sched.finish(seq, "abort")
         for seq in list(sched.pinned):
             sched.release(seq)
         self._deliver(ended)
+        if self.kvbm is not None:
+            self.kvbm.close()
 
     def submit(self, request: EngineRequest, listener: OutputListener) -> Callable[[], None]:
         seq = self.new_sequence(request)
@@ -118,6 +137,9 @@ class MockerEngine(PushEngine):
 
     def stats(self) -> EngineStats:
         return self.scheduler.stats(self._prefill_avg, self._decode_avg)
+
+    def kvbm_stats(self) -> KvbmStats | None:
+        return self.kvbm.stats() if self.kvbm is not None else None
 
     # -- disaggregated serving ---------------------------------------------------
 
@@ -243,6 +265,8 @@ class MockerEngine(PushEngine):
                 await asyncio.sleep(0)
                 continue
             seconds = self.step_seconds(batch)
+            if self.kvbm is not None:  # copies the step waited for (blocks it evicted)
+                seconds += self.kvbm.take_stall_seconds()
             self._record(batch, seconds)
             # Sleep to an absolute deadline so scheduling overhead and timer
             # rounding do not slow the simulated clock; never build up debt.

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from tandem.runtime.config import option
 from tandem.runtime.model_card import DEFAULT_GGUF_FILE, default_model_path
+from tandem.worker.kvbm.config import KvbmConfig
 from tandem.worker.scheduler_config import SchedulerConfig
 
 DTypeName = Literal["auto", "float32", "bfloat16"]
@@ -39,6 +40,10 @@ class TorchEngineConfig:
     )
     scheduler: SchedulerConfig = option(
         help="KV paging and batching limits", default_factory=SchedulerConfig
+    )
+    kvbm: KvbmConfig = option(
+        help="tiered KV cache: host memory and disk below the KV pool",
+        default_factory=KvbmConfig,
     )
     max_model_len: int = option(0, "longest prompt + output; 0 = the model's context length")
     num_threads: int = option(0, "torch CPU threads; 0 = all cores")

@@ -110,6 +110,8 @@ class DisaggHooks:
             if first_token is None:
                 resumed = sched.resume_local(seq)
             else:
+                if seq.generator is not None:  # the prefill worker drew the first token
+                    seq.draws_to_skip = 1
                 resumed = sched.resume_remote(seq, first_token)
                 if resumed:
                     out = make_output(

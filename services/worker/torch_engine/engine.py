@@ -29,6 +29,7 @@ from tandem.worker.engine import (
     TokenLogprob,
 )
 from tandem.worker.kv_event_sink import KvEventSink
+from tandem.worker.kvbm.manager import KvbmStats
 
 from .config import TorchEngineConfig
 from .disagg_hooks import DisaggHooks
@@ -76,6 +77,7 @@ class TorchEngine(DisaggHooks, BaseEngine):
         self._prefill_time = [0.0, 0]
         self._decode_time = [0.0, 0]
         self._stats = EngineStats(0, 0, 0, 0, 0, 0, 0.0)
+        self._kvbm_stats: KvbmStats | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -112,7 +114,7 @@ class TorchEngine(DisaggHooks, BaseEngine):
                 loaded.set_exception(exc)
 
         try:
-            parts = load_parts(self.config, self._sink, self._preloaded)
+            parts = load_parts(self.config, self._sink, self._preloaded, self._wake)
         except BaseException as exc:
             loop.call_soon_threadsafe(settle, exc)
             return
@@ -166,11 +168,17 @@ class TorchEngine(DisaggHooks, BaseEngine):
         """The snapshot the engine thread took after its last step (never a torn read)."""
         return self._stats
 
+    def kvbm_stats(self) -> KvbmStats | None:
+        """The tiered cache's totals as of the last step (taken by the engine thread too)."""
+        return self._kvbm_stats
+
     def _refresh_stats(self, parts: EngineParts) -> None:
         """A new snapshot now (a hook changed the scheduler between steps; caller holds the lock)."""
         self._stats = self._take_stats(parts)
 
     def _take_stats(self, parts: EngineParts) -> EngineStats:
+        if parts.kvbm is not None:
+            self._kvbm_stats = parts.kvbm.stats()
         return parts.scheduler.stats(
             self._prefill_time[0] / max(1, self._prefill_time[1]),
             self._decode_time[0] / max(1, self._decode_time[1]),
@@ -242,7 +250,7 @@ class TorchEngine(DisaggHooks, BaseEngine):
                         if isinstance(message, AddSequence):
                             self._emit(seq, outbox, finish="abort")
                 if stopping:
-                    for seq in [*sched.running, *sched.waiting, *sched.parked]:
+                    for seq in [*sched.running, *sched.waiting, *sched.parked, *sched.onboarding]:
                         sched.finish(seq, "abort")
                         self._emit(seq, outbox, finish="abort")
                     for seq in list(sched.pinned):
@@ -250,6 +258,8 @@ class TorchEngine(DisaggHooks, BaseEngine):
             if stopping:
                 self._stats = self._take_stats(parts)
                 deliver(outbox)
+                if parts.kvbm is not None:
+                    parts.kvbm.close()
                 return
             if sched.has_work:
                 try:
@@ -268,7 +278,7 @@ class TorchEngine(DisaggHooks, BaseEngine):
         with self._sched_lock:
             batch = sched.schedule()
             if not batch:
-                if sched.waiting and not sched.running:
+                if sched.waiting and not sched.running and not sched.waiting_on_copies:
                     # Cannot happen with validated requests; never spin on it.
                     seq = sched.waiting[0]
                     sched.finish(seq, "error")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from tandem.runtime.host import usable_cpus
 from tandem.worker.admission import EngineLimits
 from tandem.worker.kv_event_sink import KvEventSink
+from tandem.worker.kvbm.manager import Kvbm
 from tandem.worker.scheduler import Scheduler
 
 from .config import TorchEngineConfig
@@ -17,6 +19,7 @@ from .loader import load_weights, num_kv_blocks
 from .model import LlamaModel
 from .model_config import ModelConfig
 from .runner import ModelRunner, TorchSequence
+from .tiers import torch_kvbm
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +33,18 @@ class EngineParts:
     scheduler: Scheduler[TorchSequence]  # and, through it, the BlockManager
     runner: ModelRunner  # the KV cache tensors
     limits: EngineLimits  # what requests may ask of this model and cache
+    kvbm: Kvbm | None = None  # host memory / disk tiers below the KV cache (--connector kvbm)
 
 
 def load_parts(
     config: TorchEngineConfig,
     sink: KvEventSink | None,
     weights: tuple[ModelConfig, dict[str, torch.Tensor]] | None = None,
+    wake: Callable[[], None] = lambda: None,
 ) -> EngineParts:
-    """Load the model (or use `weights`), size the KV cache and build the scheduler over it."""
+    """Load the model (or use `weights`), size the KV cache and build the scheduler over it.
+
+    `wake`: makes the step loop look again (a tiered cache's copy finished)."""
     device = config.torch_device
     if device.type == "cpu":
         torch.set_num_threads(config.num_threads or usable_cpus())
@@ -52,6 +59,10 @@ def load_parts(
     num_blocks = num_kv_blocks(config, model_config, per_block)
     scheduler: Scheduler[TorchSequence] = Scheduler.with_blocks(config.scheduler, num_blocks, sink)
     runner = ModelRunner(model, num_blocks, block_size, config.seed)
+    kvbm = None
+    if config.kvbm.enabled:
+        kvbm = torch_kvbm(config.kvbm, runner.kv_cache, block_size, model_config.name, sink, wake)
+        scheduler.block_manager.attach_tiers(kvbm)
     limit = model_config.context_length
     if config.max_model_len > 0:
         limit = min(limit, config.max_model_len)
@@ -66,4 +77,4 @@ def load_parts(
         model_config.name, config.torch_dtype, device, num_blocks, block_size,
         num_blocks * per_block / 2**30, time.perf_counter() - started,
     )  # fmt: skip
-    return EngineParts(model_config, model, scheduler, runner, limits)
+    return EngineParts(model_config, model, scheduler, runner, limits, kvbm)

@@ -10,7 +10,7 @@ from tandem.worker.scheduler import ScheduledBatch
 from tandem.worker.sequence import Sequence
 
 from .model import LlamaModel, PrefillChunk, StepBatch
-from .sampling import SampleRow, make_generator, sample
+from .sampling import SampleRow, make_generator, sample, skip_draws
 from .streams import Stream
 
 
@@ -20,6 +20,9 @@ class TorchSequence(Sequence):
 
     stream: Stream
     generator: torch.Generator | None = None
+    # Draws its seeded generator owes for a token sampled elsewhere (a remote prefill's
+    # first token), so that the tokens after it are those an aggregated worker samples.
+    draws_to_skip: int = 0
 
 
 class ModelRunner:
@@ -110,5 +113,10 @@ class ModelRunner:
         logits = self.model.forward(step, self.kv_cache)
         if not batch.sampled:
             return [], []
-        rows = [SampleRow(s.params, s.generator or self.generator) for s in batch.sampled]
+        rows = []
+        for s in batch.sampled:
+            if s.draws_to_skip:
+                skip_draws(s.generator, logits.shape[-1], s.draws_to_skip)
+                s.draws_to_skip = 0
+            rows.append(SampleRow(s.params, s.generator or self.generator))
         return sample(logits, rows)

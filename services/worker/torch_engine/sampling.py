@@ -22,6 +22,16 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return gen
 
 
+def skip_draws(generator: torch.Generator | None, vocab_size: int, count: int) -> None:
+    """Advance `generator` as `count` samples of `sample` would (its noise draw, exactly)."""
+    if generator is None:
+        return
+    for _ in range(count):
+        torch.empty(vocab_size, dtype=torch.float32, device=generator.device).exponential_(
+            generator=generator
+        )
+
+
 # Vocab slice of the two-pass argmax: small enough to stay in cache, large
 # enough that the second pass is cheap.
 _ARGMAX_CHUNK = 1024
@@ -90,7 +100,8 @@ def sample(
             scaled = _filter_top_k_top_p(scaled, top_k, top_p)
         probs = scaled.softmax(dim=-1)
         for j, i in enumerate(random_rows):
-            # Exponential race == multinomial draw, but with a per-row generator.
+            # Exponential race == multinomial draw, but with a per-row generator
+            # (`skip_draws` consumes exactly what this draw does: keep them alike).
             noise = torch.empty_like(probs[j]).exponential_(generator=rows[i].generator)
             tokens[i] = (probs[j] / noise).argmax()
     token_list: list[int] = tokens.tolist()

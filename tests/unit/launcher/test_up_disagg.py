@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from tandem.launcher.up import UpConfig, worker_argv
+from tandem.launcher.up import UpConfig, worker_argv, worker_stop_seconds
 from tandem.worker.__main__ import parse_args
 
 
@@ -36,8 +36,25 @@ def test_the_frontend_gets_the_rule_flags() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"prefill_workers": 2}, {"decode_workers": 2},
-     {"prefill_workers": 1, "decode_workers": 1, "planner": True}],
+     {"prefill_workers": 3, "decode_workers": 2, "planner": True, "max_workers": 4}],
 )  # fmt: skip
-def test_half_a_split_or_a_planner_is_refused(kwargs: dict[str, object]) -> None:
+def test_half_a_split_or_pools_past_the_planners_budget_are_refused(
+    kwargs: dict[str, object],
+) -> None:
     with pytest.raises(ValueError):
         UpConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_planner_of_a_split_sizes_each_pool_within_the_budget() -> None:
+    up = UpConfig(engine="mocker", prefill_workers=1, decode_workers=2, planner=True,
+                  max_workers=5)  # fmt: skip
+    planner = up.planner_config("m")
+    assert (planner.min_prefill_workers, planner.max_prefill_workers) == (1, 4)
+    assert (planner.min_decode_workers, planner.max_decode_workers) == (1, 4)
+    assert (planner.min_workers, planner.max_workers) == (2, 5)
+
+
+def test_a_workers_stop_grace_covers_its_drain() -> None:
+    up = UpConfig(engine="mocker")
+    argv = worker_argv(up.worker_config(), ["--drain-timeout", "30", "--num-kv-blocks", "64"])
+    assert worker_stop_seconds(argv) == 30 + 10

@@ -3,11 +3,28 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from tandem.router.cost_model import PREFILL_BLOCK_COST, Candidate, costs, pick, prefill_blocks
+import pytest
+from tandem.router.cost_model import (
+    DEFAULT_DISK_HIT_WEIGHT,
+    DEFAULT_HOST_HIT_WEIGHT,
+    PREFILL_BLOCK_COST,
+    Candidate,
+    costs,
+    credited_overlap,
+    pick,
+    prefill_blocks,
+)
 
 
-def choose(cands, prompt_blocks, weight=1.0, temperature=0.0, rng=None):
-    _, ov, queued, active = zip(*cands, strict=True)
+def choose(
+    cands, prompt_blocks, weight=1.0, temperature=0.0, rng=None, host_weight=0.8, disk_weight=0.5
+):
+    ov = [
+        credited_overlap(c.overlap_blocks, c.host_blocks, c.disk_blocks, host_weight, disk_weight)
+        for c in cands
+    ]
+    queued = [c.queued_prefill_tokens for c in cands]
+    active = [c.active_decode_blocks for c in cands]
     cost = costs(ov, queued, active, prompt_blocks, prompt_blocks, 16, weight)
     return cands[pick(cost, active, temperature, rng or random.Random(0))].instance_id
 
@@ -58,3 +75,37 @@ def test_a_hit_outweighs_the_decode_load_of_a_dozen_short_requests():
     concurrency; here the worker holding all 10 blocks wins despite 120 more decode blocks."""
     assert choose([Candidate("a", 10, 0, 120), Candidate("b", 0, 0, 0)], 10) == "a"
     assert choose([Candidate("a", 10, 0, 170), Candidate("b", 0, 0, 0)], 10) == "b"
+
+
+def test_a_prefix_in_host_memory_beats_a_cold_worker_but_not_a_device_hit():
+    device = Candidate("device", 10, 0, 0)
+    host = Candidate("host", 0, 0, 0, host_blocks=10)
+    disk = Candidate("disk", 0, 0, 0, disk_blocks=10)
+    cold = Candidate("cold", 0, 0, 0)
+    assert choose([host, cold], 10) == "host"
+    assert choose([disk, cold], 10) == "disk"
+    assert choose([device, host], 10) == "device"  # equal load: the device hit wins
+    assert choose([host, disk], 10) == "host"
+    # Less strongly: the load a host hit outweighs is its weight's share of a device hit's.
+    loaded = PREFILL_BLOCK_COST * 10 * 0.8 - 1  # decode blocks just below the host hit's worth
+    assert choose([host._replace(active_decode_blocks=int(loaded)), cold], 10) == "host"
+    assert choose([device._replace(active_decode_blocks=int(loaded) + 20), cold], 10) == "device"
+    assert choose([host._replace(active_decode_blocks=int(loaded) + 20), cold], 10) == "cold"
+
+
+def test_a_tier_weight_of_zero_ignores_the_tier():
+    host = Candidate("host", 0, 0, 5, host_blocks=10)
+    cold = Candidate("cold", 0, 0, 0)
+    assert choose([host, cold], 10, host_weight=0.0) == "cold"
+    assert choose([Candidate("disk", 0, 0, 5, disk_blocks=10), cold], 10, disk_weight=0.0) == "cold"
+    # A device run followed by host blocks: only the device part counts at weight 0.
+    assert credited_overlap(4, 6, 2, 0.0, 0.0) == 4
+    assert credited_overlap(4, 6, 2, 0.5, 0.25) == 4 + 3 + 0.5
+
+
+def test_prefill_blocks_credit_onboarded_blocks_by_their_tier():
+    c = Candidate("w", overlap_blocks=2, queued_prefill_tokens=0, active_decode_blocks=0)
+    assert prefill_blocks(c._replace(host_blocks=4, disk_blocks=2), 10, 16) == pytest.approx(
+        10 - (2 + 4 * DEFAULT_HOST_HIT_WEIGHT + 2 * DEFAULT_DISK_HIT_WEIGHT)
+    )
+    assert 0 < DEFAULT_DISK_HIT_WEIGHT < DEFAULT_HOST_HIT_WEIGHT < 1

@@ -7,6 +7,7 @@ from tandem.router.kv_event_follower import KvEventFollower, as_columns
 from tandem.router.radix_index import RadixIndex
 from tandem.runtime.wire import kv_events_pb2 as kv
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
+from tandem.worker.kv_publisher import KvEventPublisher
 
 
 def stored(worker: str, event_id: int, hashes: list[int], parent: int | None = None) -> kv.KvEvent:
@@ -141,14 +142,52 @@ async def test_unknown_workers_after_replay_are_rebuilt_when_they_return(servers
     assert index.worker_blocks("w9") == {1, 2, 3, 4}
 
 
-async def test_non_device_tiers_are_not_indexed():
+def in_tier(event: kv.KvEvent, tier: str) -> kv.KvEvent:
+    getattr(event, event.WhichOneof("data")).tier = tier
+    return event
+
+
+async def test_host_and_disk_events_are_indexed_in_their_tier():
     index = RadixIndex()
     follower = KvEventFollower(index, endpoint_of=lambda w: None)
-    ev = stored("w1", 0, [1])
-    ev.stored.tier = "host_dram"
-    follower.handle(ev)
-    assert index.num_blocks == 0
-    assert follower.last_event_id("w1") == 0
+    follower.apply_all(
+        [
+            stored("w1", 0, [1]),
+            in_tier(stored("w1", 1, [1, 2, 3]), "host_dram"),
+            in_tier(stored("w1", 2, [3, 4], parent=2), "nvme_ssd"),
+            removed("w1", 3, [1]),  # no tier: a worker that predates tiers means the device
+            in_tier(stored("w1", 4, [9]), "remote_pool"),  # a tier this router does not know
+        ]
+    )
+    assert index.tier_overlaps([1, 2, 3, 4, 5]) == ({}, {"w1": 3}, {"w1": 1})
+    follower.handle(in_tier(removed("w1", 5, [2]), "host_dram"))
+    assert index.tier_overlaps([1, 2]) == ({}, {"w1": 1}, {})
+    assert follower.last_event_id("w1") == 5 and follower.num_applied == 6
+    follower.handle(cleared("w1", 6))  # every tier
+    assert index.tier_overlaps([1, 2, 3, 4]) == ({}, {}, {})
+
+
+async def test_a_snapshot_rebuilds_every_tier(servers):
+    """A worker's snapshot (its publisher's, as KvEventsSince sends it) carries every tier."""
+    pub = KvEventPublisher("w1", ring_size=2)
+    pub.stored(None, [(1, 1), (2, 2)])
+    pub.stored(2, [(3, 3)], "host_dram")
+    pub.stored(3, [(4, 4)], "nvme_ssd")
+    pub.stored(None, [(2, 2)], "host_dram")  # a block on the device and in host memory
+    pub.removed([2])
+    snapshot, is_snapshot, last = pub.events_since(0)
+    assert is_snapshot
+    log = [stored("w1", i, [100 + i]) for i in range(last + 1)]
+    endpoint = await servers(FakeWorker(log, snapshot))
+    index = RadixIndex()
+    follower = KvEventFollower(index, endpoint_of=lambda w: endpoint)
+    follower.handle(stored("w1", 0, [42]))
+    follower.handle(log[last])
+    await wait_recovered(follower, "w1")
+    assert index.worker_blocks("w1") == {1}
+    assert index.worker_blocks("w1", "host_dram") == {2, 3}
+    assert index.worker_blocks("w1", "nvme_ssd") == {4}
+    assert index.tier_overlaps([1, 2, 3, 4]) == ({"w1": 1}, {"w1": 2}, {"w1": 1})
 
 
 async def test_only_members_are_followed_and_a_late_member_is_rebuilt(servers):
@@ -167,6 +206,28 @@ async def test_only_members_are_followed_and_a_late_member_is_rebuilt(servers):
     await wait_recovered(follower, "w1")
     assert worker.requests == [0]
     assert index.overlaps([1, 2, 3]) == {"w1": 3}
+
+
+async def test_a_member_that_published_before_joining_is_fetched_without_a_new_event(servers):
+    # A worker that starts with blocks (its disk tier reloaded) publishes them before it
+    # registers, then may publish nothing for a long time: joining is what fetches them.
+    log = [stored("w1", 0, [1, 2]), stored("w1", 1, [3])]
+    worker = FakeWorker(log)
+    endpoint = await servers(worker)
+    members: set[str] = set()
+    index = RadixIndex()
+    follower = KvEventFollower(
+        index, endpoint_of=lambda w: endpoint, is_member=members.__contains__
+    )
+    follower.apply_all(log)
+    assert index.num_blocks == 0
+    members.add("w1")
+    follower.worker_added("w1")
+    await wait_recovered(follower, "w1")
+    assert worker.requests == [0]
+    assert index.overlaps([1, 2, 3]) == {"w1": 3}
+    follower.worker_added("w1")  # already followed: nothing fetched again
+    assert not follower.is_recovering("w1") and worker.requests == [0]
 
 
 async def test_a_gap_the_worker_cannot_fill_does_not_loop(servers):

@@ -158,3 +158,65 @@ async def test_approximate_mode_remembers_every_block_of_a_long_prompt():
     router.free("r1")
     again = await router.route("r2", tokens)
     assert (again.instance_id, again.overlap_blocks) == (first.instance_id, 100)
+
+
+# -- KV tiers ------------------------------------------------------------------
+
+
+async def test_a_prefix_in_host_memory_attracts_the_request_over_a_cold_worker():
+    workers = FakeWorkers("cold", "host")
+    router = kv_router(workers)
+    tokens = prompt(20, 20)
+    hashes = sequence_hashes(tokens, BS)
+    router.index.store("host", hashes[:4])
+    router.index.store("host", hashes[4:16], "host_dram")
+    result = await router.route("r1", tokens)
+    # The 12 host blocks are copied back, not computed: neither prefill nor a miss.
+    assert (result.instance_id, result.overlap_blocks, result.prompt_blocks) == ("host", 16, 20)
+    assert router.load.load("host") == (4 * BS, 20)
+    router.free("r1")
+
+
+async def test_a_device_hit_beats_a_host_hit_at_equal_load_and_outlasts_it_under_load():
+    workers = FakeWorkers("device", "host", "cold")
+    router = kv_router(workers)
+    tokens = prompt(21, 10)
+    hashes = sequence_hashes(tokens, BS)
+    router.index.store("device", hashes)
+    router.index.store("host", hashes, "host_dram")
+    assert (await router.route("first", tokens)).instance_id == "device"
+    router.free("first")
+    # Identical requests pile up (none frees): the device holder takes the most, the host
+    # holder more than the cold worker, whose turn comes last.
+    picks = [(await router.route(f"r{i}", tokens)).instance_id for i in range(40)]
+    first = {w: picks.index(w) for w in set(picks)}
+    assert first["device"] < first["host"] < first.get("cold", len(picks))
+    assert picks.count("device") > picks.count("host") > picks.count("cold")
+
+
+async def test_disk_blocks_count_after_host_blocks_and_weight_zero_ignores_a_tier():
+    workers = FakeWorkers("cold", "disk")
+    tokens = prompt(22, 10)
+    hashes = sequence_hashes(tokens, BS)
+    for weight, expected in ((0.5, "disk"), (0.0, None)):
+        router = kv_router(workers, router_disk_cache_hit_weight=weight)
+        router.index.store("disk", hashes, "nvme_ssd")
+        router.load.add("busy", "disk", 0, 4)  # a little load: a hit worth nothing loses
+        result = await router.route("r1", tokens)
+        assert result.instance_id == (expected or "cold")
+        assert result.overlap_blocks == (10 if expected else 0)
+        router.free("r1")
+
+
+def test_the_tier_weights_are_flags_in_0_to_1():
+    from tandem.router.config import RouterConfig
+    from tandem.runtime.config import parse_config
+
+    config = parse_config(
+        RouterConfig,
+        ["--router-host-cache-hit-weight", "0.6", "--router-disk-cache-hit-weight", "0.1"],
+    )
+    assert (config.router_host_cache_hit_weight, config.router_disk_cache_hit_weight) == (0.6, 0.1)
+    for bad in ({"router_host_cache_hit_weight": 1.5}, {"router_disk_cache_hit_weight": -0.1}):
+        with pytest.raises(ValueError, match="must be in"):
+            RoutingConfig(**bad)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from tandem.router import radix_index
 from tandem.router.radix_index import RadixIndex
 from tandem.runtime.block_hash import sequence_hashes
@@ -231,3 +232,149 @@ def test_compacting_the_logs_keeps_answers_and_bounds_memory(monkeypatch):
     for v in workers:
         assert index.worker_blocks(v) == ref.blocks.get(v, set())
     assert index.num_entries == sum(len(b) for b in ref.blocks.values())
+
+
+# -- tiers ---------------------------------------------------------------------
+
+HOST, DISK = "host_dram", "nvme_ssd"
+
+
+def test_tiers_are_stored_and_removed_apart():
+    index = RadixIndex()
+    index.store("w1", [1, 2])
+    index.store("w1", [2, 3, 4], HOST)
+    index.store("w1", [4, 5], DISK)
+    assert index.overlaps([1, 2, 3, 4, 5]) == {"w1": 2}  # the device tier alone
+    assert index.tier_overlaps([1, 2, 3, 4, 5, 6]) == ({"w1": 2}, {"w1": 2}, {"w1": 1})
+    assert index.worker_blocks("w1", HOST) == {2, 3, 4}
+    assert index.num_worker_blocks("w1", DISK) == 2
+    assert index.num_blocks == 5  # in any tier
+    assert [index.num_tier_blocks(t) for t in ("hbm", HOST, DISK)] == [2, 3, 2]
+    index.remove("w1", [3], HOST)
+    assert index.tier_overlaps([1, 2, 3, 4]) == ({"w1": 2}, {}, {})
+    index.remove("w1", [9], DISK)  # never stored: ignored
+    assert index.num_worker_blocks("w1", DISK) == 2
+
+
+def test_a_block_in_device_and_host_removed_from_the_device_still_counts_as_host():
+    index = RadixIndex()
+    index.store("w1", [1, 2, 3])
+    index.store("w1", [1, 2, 3], HOST)  # offloaded while still on the device
+    assert index.tier_overlaps([1, 2, 3]) == ({"w1": 3}, {}, {})  # counted in the fastest
+    index.remove("w1", [2, 3])  # evicted from the device: the host copy stays
+    assert index.tier_overlaps([1, 2, 3]) == ({"w1": 1}, {"w1": 2}, {})
+    index.remove("w1", [1, 2, 3], HOST)
+    assert index.tier_overlaps([1, 2, 3]) == ({"w1": 1}, {}, {})
+    assert index.num_tier_blocks(HOST) == 0
+
+
+def test_a_prefix_only_in_a_lower_tier_and_workers_side_by_side():
+    index = RadixIndex()
+    index.store("dev", [1, 2, 3, 4])
+    index.store("host", [1, 2, 3], HOST)
+    index.store("disk", [1, 2], DISK)
+    index.store("mixed", [1], DISK)
+    index.store("mixed", [2], HOST)  # after a disk block, a host block counts as disk
+    index.store("mixed", [3])  # and a device block after a gap too
+    assert index.tier_overlaps([1, 2, 3, 4, 5]) == (
+        {"dev": 4},
+        {"host": 3},
+        {"disk": 2, "mixed": 3},
+    )
+    assert index.tier_overlaps([7, 1]) == ({}, {}, {})
+    assert index.tier_overlaps([]) == ({}, {}, {})
+
+
+def test_clear_and_remove_worker_drop_every_tier():
+    index = RadixIndex()
+    for w in ("w1", "w2"):
+        index.store(w, [1])
+        index.store(w, [1, 2], HOST)
+        index.store(w, [3], DISK)
+    index.clear("w1")
+    assert index.tier_overlaps([1, 2, 3]) == ({"w2": 1}, {"w2": 1}, {"w2": 1})
+    assert index.worker_blocks("w1", HOST) == set() and index.num_worker_blocks("w1", DISK) == 0
+    index.remove_worker("w2")
+    assert index.tier_overlaps([1, 2, 3]) == ({}, {}, {})
+    assert (index.num_blocks, index.num_tier_blocks(HOST), index.num_tier_blocks(DISK)) == (0, 0, 0)
+    index.store("w3", [1, 2], HOST)  # takes a freed slot: inherits nothing
+    assert index.tier_overlaps([1, 2, 3]) == ({}, {"w3": 2}, {})
+
+
+def test_a_tiered_walk_reads_its_hashes_only_up_to_where_it_ends():
+    index = RadixIndex()
+    index.store("w1", [1])
+    index.store("w1", [2, 3], HOST)
+    hashes = iter([1, 2, 3, 4, 5, 6])
+    assert index.tier_overlaps(hashes) == ({"w1": 1}, {"w1": 2}, {})
+    assert next(hashes) == 5
+
+
+def test_unknown_tier_is_refused():
+    with pytest.raises(ValueError, match="unknown KV tier"):
+        RadixIndex().store("w1", [1], "tape")
+
+
+class BruteForceTiers:
+    """Per worker and tier, a set of blocks; a worker's run ends at the first block it holds
+    in none of the tiers allowed so far."""
+
+    def __init__(self) -> None:
+        self.tiers = {t: BruteForceIndex() for t in ("hbm", HOST, DISK)}
+
+    def overlaps(self, hashes: list[int]) -> tuple[dict[str, int], ...]:
+        def run(w: str, allowed: tuple[str, ...]) -> int:
+            n = 0
+            while n < len(hashes) and any(
+                hashes[n] in self.tiers[t].blocks.get(w, set()) for t in allowed
+            ):
+                n += 1
+            return n
+
+        workers = set().union(*(t.blocks for t in self.tiers.values()))
+        device: dict[str, int] = {}
+        host: dict[str, int] = {}
+        disk: dict[str, int] = {}
+        for w in workers:
+            d, h, a = run(w, ("hbm",)), run(w, ("hbm", HOST)), run(w, ("hbm", HOST, DISK))
+            for out, n in ((device, d), (host, h - d), (disk, a - h)):
+                if n:
+                    out[w] = n
+        return device, host, disk
+
+
+def test_tiers_randomized_against_brute_force(monkeypatch):
+    monkeypatch.setattr(radix_index, "LOG_SLACK", 2)
+    rng = random.Random(5)
+    index, ref = RadixIndex(), BruteForceTiers()
+    workers = [f"w{i}" for i in range(66)]  # more than 64: multi-word masks
+    chains = [[rng.randrange(1, 200) for _ in range(10)] for _ in range(15)]
+    for step in range(5000):
+        w = rng.choice(workers)
+        tier = rng.choice(("hbm", HOST, DISK))
+        chain = rng.choice(chains)
+        op = rng.random()
+        if op < 0.5:
+            start = rng.randrange(len(chain))
+            hashes = chain[start : start + rng.randrange(1, 6)]
+            index.store(w, hashes, tier)
+            ref.tiers[tier].store(w, hashes)
+        elif op < 0.9:
+            hashes = rng.sample(chain, rng.randrange(1, 4))
+            index.remove(w, hashes, tier)
+            ref.tiers[tier].remove(w, hashes)
+        elif op < 0.96:
+            index.clear(w)
+            for t in ref.tiers.values():
+                t.clear(w)
+        else:
+            index.remove_worker(w)
+            for t in ref.tiers.values():
+                t.clear(w)
+        if step % 5 == 0:
+            query = rng.choice(chains)[: rng.randrange(1, 11)]
+            assert index.tier_overlaps(query) == ref.overlaps(query), step
+            assert index.overlaps(query) == ref.tiers["hbm"].overlaps(query), step
+    for t, brute in ref.tiers.items():
+        for w in workers:
+            assert index.worker_blocks(w, t) == brute.blocks.get(w, set()), (w, t)

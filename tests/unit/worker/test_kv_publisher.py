@@ -101,3 +101,60 @@ async def test_transport_failure_does_not_stop_publishing() -> None:
     await pub.flush()
     await pub.stop()
     assert [e.event_id for e in transport.events] == [0, 2]
+
+
+def test_events_carry_their_tier_and_the_snapshot_holds_every_tier() -> None:
+    pub = KvEventPublisher("w1", ring_size=2)
+    pub.stored(None, [(1, 11), (2, 12)])
+    pub.stored(2, [(3, 13)], "host_dram")
+    pub.stored(1, [(2, 12), (3, 13)], "host_dram")  # offloaded while still on the device
+    pub.stored(3, [(4, 14)], "nvme_ssd")
+    pub.removed([2])  # evicted from the device: the host copy stays
+    pub.removed([4], "nvme_ssd")
+    pub.stored(None, [(5, 15)], "nvme_ssd")
+    live, _, _ = pub.events_since(pub.next_event_id - 2)
+    assert live[0].removed.tier == "nvme_ssd" and live[1].stored.tier == "nvme_ssd"
+    assert set(pub.resident_blocks()) == {1}
+    assert pub.resident_blocks("host_dram") == {3: (13, 2), 2: (12, 1)}
+    assert set(pub.resident_blocks("nvme_ssd")) == {5}
+
+    events, is_snapshot, last = pub.events_since(0)
+    assert is_snapshot and {e.event_id for e in events} == {last}
+    assert events[0].WhichOneof("data") == "cleared"
+    chains = [
+        (
+            e.stored.tier,
+            e.stored.parent_hash if e.stored.HasField("parent_hash") else None,
+            [(b.block_hash, b.local_hash) for b in e.stored.blocks],
+        )
+        for e in events[1:]
+    ]
+    assert chains == [  # fastest tier first; a chain keeps its first block's parent
+        ("hbm", None, [(1, 11)]),
+        ("host_dram", 1, [(2, 12), (3, 13)]),
+        ("nvme_ssd", None, [(5, 15)]),
+    ]
+
+    pub.cleared()
+    assert not any(pub.resident_blocks(t) for t in ("hbm", "host_dram", "nvme_ssd"))
+    events, _, _ = pub.events_since(0)
+    assert [e.WhichOneof("data") for e in events] == ["cleared"]
+
+
+def test_recording_sink_keeps_device_events_as_before_and_every_tier_beside() -> None:
+    from tandem.worker.kv_event_sink import RecordingSink
+
+    sink = RecordingSink()
+    sink.stored(None, [(1, 1)])
+    sink.stored(1, [(2, 2)], "host_dram")
+    sink.removed([2], "host_dram")
+    sink.removed([1])
+    sink.cleared()
+    assert sink.events == [("stored", (None, [(1, 1)])), ("removed", [1]), ("cleared", None)]
+    assert sink.tier_events == [
+        ("stored", "hbm", (None, [(1, 1)])),
+        ("stored", "host_dram", (1, [(2, 2)])),
+        ("removed", "host_dram", [2]),
+        ("removed", "hbm", [1]),
+        ("cleared", "", None),
+    ]

@@ -31,10 +31,19 @@ class Collected:
         return [t for out in self.outputs for t in out.token_ids]
 
 
-async def test_prefill_on_one_engine_decode_on_another_matches_aggregated() -> None:
-    request = EngineRequest("r", list(PROMPT), SamplingConfig(max_tokens=12))
+@pytest.mark.parametrize(
+    "sampling",
+    [{"max_tokens": 12}, {"max_tokens": 12, "temperature": 1.0, "seed": 42}],
+    ids=["greedy", "seeded"],
+)
+async def test_prefill_on_one_engine_decode_on_another_matches_aggregated(
+    sampling: dict[str, object],
+) -> None:
+    # Seeded: the prefill worker draws the first token, the decode worker's generator
+    # skips that draw, so the rest are the aggregated tokens too.
+    request = EngineRequest("r", list(PROMPT), SamplingConfig(**sampling))  # type: ignore[arg-type]
     async with started_engine(num_kv_blocks=64) as (reference, _):
-        want, _ = await collect(reference, PROMPT, max_tokens=12)
+        want, _ = await collect(reference, PROMPT, **sampling)
     async with (
         started_engine(num_kv_blocks=64) as (prefill, _),
         started_engine(num_kv_blocks=64) as (decode, _),
