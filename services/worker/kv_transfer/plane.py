@@ -8,14 +8,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import grpc
 from tandem.runtime.keys import kv_descriptor_key
-from tandem.runtime.wire import kv_transfer_pb2_grpc
 
 from .config import KvTransferConfig
 from .nixl_api import load_nixl
 from .peers import KvPeers
 from .pool import KvPool
 from .receiver import KvReceiver
-from .service import KvTransferService
+from .service import KvTransferService, add_to_server
 from .transport import BaseKvTransport, PeerInfo, PooledTransport, StubCache, TransferStats
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ class KvTransferPlane(BaseKvTransport):
         self.service.pool = pool
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        kv_transfer_pb2_grpc.add_KvTransferServicer_to_server(self.service, server)
+        add_to_server(self.service, server)
 
     async def publish(self, discovery: Any, endpoint: str) -> None:
         """Write the descriptor at `tandem/{ns}/nixl/{instance_id}` under the worker's lease."""

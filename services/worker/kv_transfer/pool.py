@@ -80,15 +80,20 @@ class KvPool:
     def regions(self, block_ids: Sequence[int]) -> np.ndarray:
         return block_regions(self._bases, self.layout, self.device_id, block_ids)
 
-    def read(self, block_ids: Sequence[int]) -> bytes:
-        """The blocks' bytes, layer-major: layer 0's regions of every block, then layer 1's, ..."""
+    def read(self, block_ids: Sequence[int], prefix: bytes = b"") -> bytes:
+        """The blocks' bytes, layer-major: layer 0's regions of every block, then layer 1's, ...
+
+        `prefix` (a message header) goes in front of them in the same buffer,
+        so a message's payload is copied once, out of the pool.
+        """
         ids = list(block_ids)
         if self._host is None:
             index = torch.tensor(ids, device=self.tensors[0].device)
             parts = torch.stack([b.index_select(0, index) for b in self._bytes])
-            return parts.cpu().numpy().tobytes()
-        # One copy, straight from each region into the result.
-        return b"".join([host[i].data for host in self._host for i in ids])
+            return prefix + parts.cpu().numpy().tobytes()
+        runs = _runs(ids)
+        # One copy, straight from each run of neighbouring blocks into the result.
+        return b"".join([prefix, *(host[a:b].data for host in self._host for a, b in runs)])
 
     def write(self, block_ids: Sequence[int], data: bytes | memoryview) -> None:
         """Write `data` (laid out as `read` returns it) into `block_ids`."""
@@ -104,5 +109,20 @@ class KvPool:
             for layer, view in enumerate(self._bytes):
                 view.index_copy_(0, index, staged[layer])
             return
+        runs = _runs(ids)
         for layer, host in enumerate(self._host):
-            host[ids] = src[layer]
+            done = 0
+            for a, b in runs:  # slices: plain memcpys, unlike a fancy-indexed assignment
+                host[a:b] = src[layer, done : done + b - a]
+                done += b - a
+
+
+def _runs(ids: list[int]) -> list[tuple[int, int]]:
+    """`ids` as [start, stop) runs of consecutive ids, in order (what one slice can copy)."""
+    runs: list[tuple[int, int]] = []
+    for i in ids:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs

@@ -104,10 +104,13 @@ class StubCache:
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def stub(self, endpoint: str) -> kv_transfer_pb2_grpc.KvTransferStub:
+        return kv_transfer_pb2_grpc.KvTransferStub(self.channel(endpoint))
+
+    def channel(self, endpoint: str) -> grpc.aio.Channel:
         channel = self._channels.get(endpoint)
         if channel is None:
             channel = self._channels[endpoint] = create_channel(endpoint)
-        return kv_transfer_pb2_grpc.KvTransferStub(channel)
+        return channel
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import grpc
 import pytest
 import torch
+from tandem.runtime.wire import kv_transfer_pb2
+from tandem.worker.kv_transfer import grpc_transport
+from tandem.worker.kv_transfer.chunk_codec import _varint, data_prefix, encode_header, parse_chunk
 from tandem.worker.kv_transfer.descriptor import KvDescriptor
 from tandem.worker.kv_transfer.layout import KvLayout, PairingError, check_pairing
 from tandem.worker.kv_transfer.nixl_api import nixl_available
 from tandem.worker.kv_transfer.receiver import KvReceiver, TransferRefused
-from tandem.worker.kv_transfer.transport import PeerInfo, TransferError
+from tandem.worker.kv_transfer.transport import PeerInfo, TransferError, layout_msg
 
 from tests.support.kv_transfer import TRANSPORTS, MemoryEtcd, block_digest, make_pool, serve_plane
 
@@ -176,4 +180,93 @@ async def test_transport_mismatch_refused() -> None:
         await sender.close()
         await receiver.close()
         await s_server.stop(None)
+        await r_server.stop(None)
+
+
+def test_chunk_codec_writes_what_protobuf_writes() -> None:
+    data = bytes(range(256)) * 600  # long enough for a 3-byte length varint
+    raw = data_prefix(300, len(data)) + data
+    assert raw == kv_transfer_pb2.KvBlocksChunk(num_blocks=300, data=data).SerializeToString()
+    chunk = parse_chunk(raw)
+    assert chunk.header is None and chunk.num_blocks == 300 and chunk.data == data
+    assert chunk.data.obj is raw  # a view of the received buffer, not a copy
+    header = kv_transfer_pb2.KvTransferHeader(transfer_id="job-1", dst_block_ids=[4, 2])
+    first = parse_chunk(encode_header(header))
+    assert first.header == header and first.num_blocks == 0
+
+
+def test_chunk_codec_parses_any_conforming_encoding() -> None:
+    # data before num_blocks, and an unknown field 9: valid protobuf, not the fast path's shape.
+    data = b"\x01\x02\x03"
+    raw = b"\x1a\x03" + data + b"\x10\x05" + b"\x48\x07"
+    chunk = parse_chunk(raw)
+    assert chunk.num_blocks == 5 and chunk.data == data
+    with pytest.raises(ValueError, match="not a KvBlocksChunk"):
+        parse_chunk(b"\x10\x05\x1a\x09abc")  # data shorter than its length
+
+
+def test_pool_read_prefix_and_runs_of_blocks() -> None:
+    src, dst = make_pool(seed=4), make_pool()
+    ids = [3, 4, 5, 9, 10, 1]  # runs copied as slices, singles too
+    data = src.read(ids, prefix=b"hdr")
+    assert data[:3] == b"hdr" and data[3:] == src.read(ids)
+    dst.write([20, 21, 0, 7, 8, 30], memoryview(data)[3:])
+    assert block_digest(src, ids) == block_digest(dst, [20, 21, 0, 7, 8, 30])
+    assert not dst.tensors[0][22].any()
+
+
+async def test_grpc_transfer_in_many_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    etcd = MemoryEtcd()
+    src_pool, dst_pool = make_pool(64, seed=5), make_pool(48)
+    # Two blocks a chunk: 7 blocks go as 4 chunks, each written while the next arrives.
+    monkeypatch.setattr(grpc_transport, "CHUNK_BYTES", 2 * src_pool.layout.bytes_per_block)
+    sender, s_server, _ = await serve_plane("pre", "ns", "grpc", etcd, src_pool)
+    receiver, r_server, r_endpoint = await serve_plane("dec", "ns", "grpc", etcd, dst_pool)
+    try:
+        src, dst = [1, 2, 3, 30, 31, 50, 8], [10, 11, 12, 13, 40, 0, 47]
+        receiver.receiver.expect("job-9", dst)
+        stats = await sender.send_blocks(PeerInfo("dec", r_endpoint), src, dst, transfer_id="job-9")
+        assert stats.num_bytes == len(src) * src_pool.layout.bytes_per_block
+        assert receiver.receiver.landed("job-9")
+        assert block_digest(src_pool, src) == block_digest(dst_pool, dst)
+    finally:
+        await sender.close()
+        await receiver.close()
+        await s_server.stop(None)
+        await r_server.stop(None)
+
+
+async def test_push_blocks_accepts_protobuf_encoded_chunks() -> None:
+    # What another language's encoder may write: the same fields in another order.
+    etcd = MemoryEtcd()
+    dst_pool = make_pool(16)
+    receiver, r_server, r_endpoint = await serve_plane("dec", "ns", "grpc", etcd, dst_pool)
+    src_pool = make_pool(16, seed=6)
+    try:
+        receiver.receiver.expect("job-x", [2, 3])
+        header = kv_transfer_pb2.KvTransferHeader(
+            transfer_id="job-x",
+            sender_instance_id="other",
+            layout=layout_msg(dst_pool.layout),
+            dst_block_ids=[2, 3],
+        )
+        data = src_pool.read([5, 6])
+        reordered = b"\x1a" + _varint(len(data)) + data + b"\x10\x02"  # data, then num_blocks
+        channel = grpc.aio.insecure_channel(r_endpoint)
+        push = channel.stream_stream(
+            grpc_transport.PUSH_BLOCKS,
+            request_serializer=None,
+            response_deserializer=kv_transfer_pb2.KvTransferAck.FromString,
+        )
+        call = push()
+        await call.write(kv_transfer_pb2.KvBlocksChunk(header=header).SerializeToString())
+        assert (await call.read()).accepted
+        await call.write(reordered)
+        await call.done_writing()
+        ack = await call.read()
+        assert ack.bytes == 2 * dst_pool.layout.bytes_per_block
+        assert block_digest(src_pool, [5, 6]) == block_digest(dst_pool, [2, 3])
+        await channel.close()
+    finally:
+        await receiver.close()
         await r_server.stop(None)
