@@ -2,8 +2,11 @@
 
 Packing the weights once for AMX / AVX512-BF16 (what torch.compile's freezing
 pass does) makes small-batch bf16 matmuls 1.5-2x faster than F.linear, which
-re-lays the weights out on every call, and fuses the residual add. Results
-are bit-identical to F.linear. Everywhere else plain F.linear is used.
+re-lays the weights out on every call. Results are bit-identical to F.linear.
+The residual add is not fused into the packed matmul (`_linear_pointwise.binary`):
+on an AVX512-BF16 CPU without AMX that op returned sums off by up to 128 for
+the down projection (1536 inputs) at batch > 1, and the engine answered
+nonsense. Everywhere else plain F.linear is used.
 """
 
 from __future__ import annotations
@@ -41,6 +44,4 @@ class Linears:
 
     def add(self, residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """`residual + x @ weight.T`."""
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add")
-        return residual + F.linear(x, weight)
+        return residual + self(x, weight)
