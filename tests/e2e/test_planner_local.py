@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import openai
@@ -18,6 +14,7 @@ from tandem.runtime.discovery import Discovery
 
 from tests.e2e.test_local_cluster import _pid_alive
 from tests.support.checks import wait_until
+from tests.support.processes import ServiceProcess
 
 
 def _prompt(rng: random.Random) -> str:
@@ -30,16 +27,15 @@ async def test_up_with_planner_grows_and_shrinks_the_pool(
     infra: LocalInfra, namespace: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    log_path = tmp_path / "up.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tandem.launcher.cli", "up", "--engine", "mocker",
-             "--workers", "1", "--planner", "--max-workers", "2",
-             "--planner-adjustment-interval", "1", "--num-kv-blocks", "64",
-             "--http-port", str(port), "--http-host", "127.0.0.1",
-             "--nats", infra.nats_url, "--etcd", infra.etcd_url, "--namespace", namespace],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+    up = ServiceProcess(
+        "tandem.launcher.cli",
+        ["up", "--engine", "mocker",
+         "--workers", "1", "--planner", "--max-workers", "2",
+         "--planner-adjustment-interval", "1", "--num-kv-blocks", "64",
+         "--http-port", str(port), "--http-host", "127.0.0.1",
+         "--nats", infra.nats_url, "--etcd", infra.etcd_url, "--namespace", namespace],
+        tmp_path,
+    )  # fmt: skip
     discovery = Discovery(infra.etcd_url, namespace)
     await discovery.start()
     stop_load = asyncio.Event()
@@ -48,8 +44,8 @@ async def test_up_with_planner_grows_and_shrinks_the_pool(
         workers = await discovery.instance_set("worker").start()
 
         def serving() -> bool:
-            assert proc.poll() is None, log_path.read_text()
-            return "Tandem is serving" in log_path.read_text()
+            assert up.is_alive(), up.log_text()
+            return "Tandem is serving" in up.log_text()
 
         await wait_until(serving, 60, "tandem up to serve")
         assert len(workers) == 1
@@ -82,14 +78,13 @@ async def test_up_with_planner_grows_and_shrinks_the_pool(
         stop_load.set()
         await asyncio.wait_for(asyncio.gather(*load), 30)
         await wait_until(lambda: len(workers) == 1, 40, "the pool to shrink to one worker")
-        text = log_path.read_text()
+        text = up.log_text()
         assert re.search(r"scaling \S+ up: 1 -> 2 workers", text), text
         assert re.search(r"scaling \S+ down: 2 -> 1 workers", text), text
 
         child_pids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", text)]
         assert len(child_pids) == 4  # worker-0, frontend, planner, worker-1
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log_path.read_text()
+        assert up.stop(30) == 0, up.log_path.read_text()
         assert not [pid for pid in child_pids if _pid_alive(pid)]
     finally:
         stop_load.set()
@@ -97,11 +92,5 @@ async def test_up_with_planner_grows_and_shrinks_the_pool(
             task.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*load, return_exceptions=True)
-        if proc.poll() is None:  # SIGTERM first: a SIGKILL would orphan its children
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        up.stop(30)  # SIGTERM first: a SIGKILL would orphan its children
         await discovery.close()

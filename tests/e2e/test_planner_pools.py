@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +21,7 @@ from tandem.runtime.discovery import Discovery
 
 from tests.e2e.test_planner_local import _prompt
 from tests.support.checks import wait_until
+from tests.support.processes import ServiceProcess
 
 HEAVY_TOKENS = 300
 LIGHT_TOKENS = 100
@@ -34,19 +31,18 @@ async def test_decode_pool_grows_alone_and_shrinks_without_losing_a_request(
     infra: LocalInfra, namespace: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    log_path = tmp_path / "up.log"
-    with open(log_path, "wb") as log:
-        # Prompts over 32 tokens are prefilled on the prefill worker, while fewer than 2
-        # jobs are queued: its queue never holds more than 2 (the threshold is > 2.0).
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tandem.launcher.cli", "up", "--engine", "mocker",
-             "--prefill-workers", "1", "--decode-workers", "1", "--planner",
-             "--max-workers", "3", "--planner-adjustment-interval", "1",
-             "--max-local-prefill-length", "32", "--max-prefill-queue-size", "2",
-             "--num-kv-blocks", "64", "--http-port", str(port), "--http-host", "127.0.0.1",
-             "--nats", infra.nats_url, "--etcd", infra.etcd_url, "--namespace", namespace],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+    # Prompts over 32 tokens are prefilled on the prefill worker, while fewer than 2
+    # jobs are queued: its queue never holds more than 2 (the threshold is > 2.0).
+    up = ServiceProcess(
+        "tandem.launcher.cli",
+        ["up", "--engine", "mocker",
+         "--prefill-workers", "1", "--decode-workers", "1", "--planner",
+         "--max-workers", "3", "--planner-adjustment-interval", "1",
+         "--max-local-prefill-length", "32", "--max-prefill-queue-size", "2",
+         "--num-kv-blocks", "64", "--http-port", str(port), "--http-host", "127.0.0.1",
+         "--nats", infra.nats_url, "--etcd", infra.etcd_url, "--namespace", namespace],
+        tmp_path,
+    )  # fmt: skip
     discovery = Discovery(infra.etcd_url, namespace)
     await discovery.start()
     stop_heavy, stop_light = asyncio.Event(), asyncio.Event()
@@ -55,12 +51,12 @@ async def test_decode_pool_grows_alone_and_shrinks_without_losing_a_request(
         workers = await discovery.instance_set("worker").start()
 
         def serving_roles() -> Counter[str]:
-            assert proc.poll() is None, log_path.read_text()[-5000:]
+            assert up.is_alive(), up.log_text()[-5000:]
             for task in tasks:  # a failing request fails the test now, not at the deadline
                 assert not task.done() or task.exception() is None, task.exception()
             return Counter(w.role for w in workers if not w.draining)
 
-        await wait_until(lambda: "Tandem is serving" in log_path.read_text(), 60, "tandem up")
+        await wait_until(lambda: "Tandem is serving" in up.log_text(), 60, "tandem up")
         client = openai.AsyncOpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60
         )
@@ -103,7 +99,7 @@ async def test_decode_pool_grows_alone_and_shrinks_without_losing_a_request(
         assert min(await asyncio.wait_for(asyncio.gather(*light), 60)) > 0
         assert serving_roles() == Counter(prefill=1, decode=1)
 
-        text = log_path.read_text()
+        text = up.log_text()
         assert re.search(r"scaling \S+ decode pool up: 1 -> 2 workers", text), text[-5000:]
         assert re.search(r"scaling \S+ decode pool down: 2 -> 1 workers", text), text[-5000:]
         assert "prefill pool up" not in text
@@ -111,8 +107,7 @@ async def test_decode_pool_grows_alone_and_shrinks_without_losing_a_request(
         # The leaving worker had streams in flight and finished them before it left.
         assert re.search(r"worker draining in_flight=[1-9]", text), text[-5000:]
         assert "worker drained" in text and "drain timed out" not in text, text[-5000:]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+        assert up.stop(60) == 0, up.log_path.read_text()[-3000:]
     finally:
         stop_heavy.set()
         stop_light.set()
@@ -120,11 +115,5 @@ async def test_decode_pool_grows_alone_and_shrinks_without_losing_a_request(
             task.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*tasks, return_exceptions=True)
-        if proc.poll() is None:  # SIGTERM first: a SIGKILL would orphan its children
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        up.stop(60)  # SIGTERM first: a SIGKILL would orphan its children
         await discovery.close()

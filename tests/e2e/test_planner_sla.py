@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from tandem.launcher.local_infra import LocalInfra, free_port
 from tandem.runtime.discovery import Discovery
 
 from tests.support.checks import metric_value, scrape, wait_until
+from tests.support.processes import ServiceProcess
 
 # A mocker whose decode slows down fast with the batch (ITL ~ 10 + 2.2 x batch ms), so
 # a rate a 2-core machine can send needs several workers to meet ITL_TARGET_MS.
@@ -100,18 +99,17 @@ async def test_sla_planner_scales_to_the_itl_target_and_back_without_losing_requ
     assert json.loads(profile.read_text())["decode"], profile.read_text()
 
     port = free_port()
-    log_path = tmp_path / "up.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tandem.launcher.cli", "up", "--engine", "mocker",
-             "--workers", "1", "--planner", "--max-workers", "4",
-             "--planner-mode", "sla", "--planner-profile", str(profile),
-             "--planner-itl-target-ms", str(ITL_TARGET_MS), "--planner-ttft-target-ms", "1000",
-             "--planner-adjustment-interval", "2", "--http-port", str(port),
-             "--http-host", "127.0.0.1", "--nats", infra.nats_url, "--etcd", infra.etcd_url,
-             "--namespace", namespace, *MOCKER],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+    up = ServiceProcess(
+        "tandem.launcher.cli",
+        ["up", "--engine", "mocker",
+         "--workers", "1", "--planner", "--max-workers", "4",
+         "--planner-mode", "sla", "--planner-profile", str(profile),
+         "--planner-itl-target-ms", str(ITL_TARGET_MS), "--planner-ttft-target-ms", "1000",
+         "--planner-adjustment-interval", "2", "--http-port", str(port),
+         "--http-host", "127.0.0.1", "--nats", infra.nats_url, "--etcd", infra.etcd_url,
+         "--namespace", namespace, *MOCKER],
+        tmp_path,
+    )  # fmt: skip
     discovery = Discovery(infra.etcd_url, namespace)
     await discovery.start()
     stop_load = asyncio.Event()
@@ -121,8 +119,8 @@ async def test_sla_planner_scales_to_the_itl_target_and_back_without_losing_requ
         planners = await discovery.instance_set("planner").start()
 
         def serving() -> bool:
-            assert proc.poll() is None, log_path.read_text()[-5000:]
-            return "Tandem is serving" in log_path.read_text()
+            assert up.is_alive(), up.log_text()[-5000:]
+            return "Tandem is serving" in up.log_text()
 
         await wait_until(serving, 90, "tandem up to serve")
         await wait_until(lambda: len(planners) == 1, 30, "the planner to register")
@@ -153,25 +151,18 @@ async def test_sla_planner_scales_to_the_itl_target_and_back_without_losing_requ
         await asyncio.wait_for(sender, 60)
         assert not load.failures, load.failures[:5]
         assert load.ok > 100
-        text = log_path.read_text()
+        text = up.log_text()
         assert re.search(r"scaling \S+ up: \d -> [34] workers", text), text[-5000:]
         assert re.search(r"scaling \S+ down: \d -> [123] workers", text), text[-5000:]
         assert "worker drained" in text  # the workers that left finished their streams first
         assert "migrating" not in text
         assert re.search(r"planner decision model=\S+ mode=sla targets=aggregated:\d", text)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+        assert up.stop(60) == 0, up.log_path.read_text()[-3000:]
     finally:
         stop_load.set()
         if sender is not None:
             sender.cancel()
             with contextlib.suppress(BaseException):
                 await sender
-        if proc.poll() is None:  # SIGTERM first: a SIGKILL would orphan its children
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        up.stop(60)  # SIGTERM first: a SIGKILL would orphan its children
         await discovery.close()
