@@ -12,7 +12,21 @@ index (at the publisher's flush pace) and its `LoadReporter` reports load
 on change and every `--load-report-interval`. No CPU time is simulated:
 TTFT and ITL are the step-time model's. Same seed, same figures.
 
-The result is the `ReplayResult` the live replay prints (trace_summary.py).
+With `--concurrency N` the records are sent closed loop instead, as
+`bench/disagg.py` sends: N streams in flight, each sending its next record
+when its previous one ends (timestamps ignored), the streams' first sends
+spread over `--ramp-up` seconds.
+
+With `--prefill-workers P --decode-workers D` (instead of `--workers`) the
+fleet is disaggregated (sim_disagg.py): the router routes over the decode
+workers, the frontend's conditional rule (`--max-local-prefill-length`,
+`--max-prefill-queue-size`) sends long prompts to a prefill worker picked by a
+router of their own, and their KV moves at `--kv-transfer-bandwidth`.
+
+The result is the `ReplayResult` the live replay prints (trace_summary.py);
+`run_fleet` returns the whole `FleetSimulation`, which also keeps each
+request's TTFT and mean ITL (`timings`, for goodput) and, disaggregated, its
+`disagg`: the rule's decisions by reason and the KV moved.
 """
 
 from __future__ import annotations
@@ -21,22 +35,25 @@ import asyncio
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from tandem.frontend.config import FrontendConfig
+from tandem.frontend.disagg import DisaggSettings
 from tandem.router.api import NoWorkersError, RouterBusyError
 from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
 from tandem.router.policy_registry import RouterDeps, make_router
 from tandem.router.worker_view import StaticWorkerView
 from tandem.runtime.config import option
-from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
 from tandem.worker.config import LOAD_REPORT_INTERVAL_SECONDS
 from tandem.worker.engine import EngineError, EngineRequest, SamplingConfig
 from tandem.worker.mocker import MockerConfig
 from tandem.worker.mocker.sequence import MockSequence
 
 from .mooncake_trace import DEFAULT_BLOCK_TOKENS, TraceRecord, prompt_token_ids
+from .sim_disagg import SimDisagg
 from .sim_loop import run_simulated
-from .sim_worker import SimWorker, worker_info
+from .sim_worker import SimWorker, load_sink, worker_info
 from .trace_summary import ReplayResult
 
 
@@ -45,7 +62,32 @@ class FleetConfig:
     """A simulated fleet: how many mocker workers, how they are configured and routed, and how
     the trace is replayed on them."""
 
-    workers: int = option(8, "Simulated mocker workers.")
+    workers: int = option(8, "Simulated mocker workers (aggregated).")
+    prefill_workers: int = option(
+        0,
+        "Simulated prefill workers; with --decode-workers, a disaggregated fleet instead of "
+        "--workers aggregated ones.",
+    )
+    decode_workers: int = option(0, "Simulated decode workers; with --prefill-workers.")
+    max_local_prefill_length: int = option(
+        FrontendConfig.max_local_prefill_length,
+        "Disaggregated: a prompt goes to a prefill worker only with more uncached tokens than "
+        "this on its decode worker (the frontend's flag).",
+    )
+    max_prefill_queue_size: int = option(
+        FrontendConfig.max_prefill_queue_size,
+        "Disaggregated: ... and only while fewer prefill jobs than this are queued or running.",
+    )
+    concurrency: int = option(
+        0,
+        "Closed loop: this many requests in flight, each stream sending its next record when "
+        "its previous one ends (0 = open loop at the trace's timestamps).",
+    )
+    ramp_up: float = option(
+        0.0,
+        "Closed loop: the streams' first sends are spread evenly over this many simulated "
+        "seconds (0 = all at once; equal requests sent together stay in lockstep).",
+    )
     time_scale: float = option(
         1.0,
         "Trace time is divided by this (4 = four times as fast as recorded), "
@@ -75,6 +117,16 @@ class FleetConfig:
     def __post_init__(self) -> None:
         if self.workers <= 0:
             raise ValueError("workers must be positive")
+        if min(self.prefill_workers, self.decode_workers) < 0 or (self.prefill_workers > 0) != (
+            self.decode_workers > 0
+        ):
+            raise ValueError(
+                "a disaggregated fleet needs both --prefill-workers and --decode-workers "
+                f"(got {self.prefill_workers} and {self.decode_workers})"
+            )
+        DisaggSettings(self.max_local_prefill_length, self.max_prefill_queue_size)  # validates
+        if self.concurrency < 0 or self.ramp_up < 0:
+            raise ValueError("concurrency and ramp_up must be >= 0")
         if self.time_scale <= 0:
             raise ValueError("time_scale must be positive")
         if self.max_requests < 0:
@@ -84,11 +136,32 @@ class FleetConfig:
         if self.load_report_interval <= 0 or self.drain_timeout <= 0:
             raise ValueError("load_report_interval and drain_timeout must be positive")
 
+    @property
+    def is_disaggregated(self) -> bool:
+        return self.prefill_workers > 0
+
+    @property
+    def num_workers(self) -> int:
+        """Every simulated worker, of either layout."""
+        return self.prefill_workers + self.decode_workers if self.is_disaggregated else self.workers
+
+    @property
+    def disagg_settings(self) -> DisaggSettings:
+        return DisaggSettings(self.max_local_prefill_length, self.max_prefill_queue_size)
+
+
+class RequestTiming(NamedTuple):
+    """One finished request's latencies, for goodput."""
+
+    ttft: float
+    mean_itl: float  # (last token - first token) / gaps; 0 for one token
+
 
 @dataclass(slots=True)
 class _InFlight:
     request_id: str
     arrived_at: float
+    first_token_at: float = -1.0
     last_token_at: float = -1.0
 
 
@@ -101,14 +174,20 @@ class FleetSimulation:
     def __init__(self, config: FleetConfig, label: str = "") -> None:
         self.config = config
         self.result = ReplayResult(label or config.routing.router_mode)
+        self.timings: list[RequestTiming] = []  # per finished request, in finishing order
         self._loop = asyncio.get_running_loop()
-        ids = [f"w{i}" for i in range(config.workers)]
-        view = StaticWorkerView([worker_info(iid, config.mocker, i) for i, iid in enumerate(ids)])
+        if config.is_disaggregated:
+            ids = [f"d{i}" for i in range(config.decode_workers)]
+            infos = [worker_info(iid, config.mocker, i, role="decode") for i, iid in enumerate(ids)]
+        else:
+            ids = [f"w{i}" for i in range(config.workers)]
+            infos = [worker_info(iid, config.mocker, i) for i, iid in enumerate(ids)]
         self.router = make_router(
-            config.routing, view, RouterDeps(clock=self._loop.time, rng=random.Random(config.seed))
+            config.routing,
+            StaticWorkerView(infos),
+            RouterDeps(clock=self._loop.time, rng=random.Random(config.seed)),
         )
         kv = self.router if isinstance(self.router, KvRouter) else None
-        self._kv = kv
         self.workers = {
             iid: SimWorker(
                 iid,
@@ -116,17 +195,33 @@ class FleetSimulation:
                 self._on_output,
                 # --no-kv-events: the router predicts caches from its own decisions instead.
                 index=kv.index if kv is not None and kv.follower is not None else None,
-                on_load=self._on_load if kv is not None else None,
+                on_load=load_sink(kv) if kv is not None else None,
                 load_report_interval=config.load_report_interval,
             )
             for iid in ids
         }
+        self.disagg = (
+            SimDisagg(
+                settings=config.disagg_settings,
+                routing=config.routing,
+                mocker=config.mocker,
+                decode_infos=infos,
+                num_prefill_workers=config.prefill_workers,
+                seed=config.seed,
+                load_report_interval=config.load_report_interval,
+                on_output=self._on_output,
+            )
+            if config.is_disaggregated
+            else None
+        )
         self._rng_seed = random.Random(config.seed).getrandbits(64)
         self._in_flight: dict[MockSequence, _InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._num_open = 0
         self._all_sent = False
         self._all_done = asyncio.Event()
+        # Closed loop: a stream's slot, taken before a send and given back when it ends.
+        self._slots = asyncio.Semaphore(config.concurrency) if config.concurrency else None
         self._first_sent_at = 0.0
         self._last_done_at = 0.0
 
@@ -135,6 +230,8 @@ class FleetSimulation:
         await self.router.start()
         for worker in self.workers.values():
             worker.start()
+        if self.disagg is not None:
+            await self.disagg.start()
         try:
             await self._send(records)
             try:
@@ -145,6 +242,8 @@ class FleetSimulation:
         finally:
             for task in self._tasks:
                 task.cancel()
+            if self.disagg is not None:
+                await self.disagg.stop()
             for worker in self.workers.values():
                 await worker.stop()
             await self.router.stop()
@@ -158,11 +257,17 @@ class FleetSimulation:
         for n, record in enumerate(records):
             if self.config.max_requests and n >= self.config.max_requests:
                 break
-            if origin is None:
-                origin = record.arrival_s
-            delay = start + (record.arrival_s - origin) / self.config.time_scale - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if self._slots is not None:
+                await self._slots.acquire()
+                if n < self.config.concurrency and self.config.ramp_up:
+                    delay = start + n * self.config.ramp_up / self.config.concurrency
+                    await asyncio.sleep(delay - loop.time())
+            else:
+                if origin is None:
+                    origin = record.arrival_s
+                delay = start + (record.arrival_s - origin) / self.config.time_scale - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             self._num_open += 1
             task = loop.create_task(self._serve(n, record))
             self._tasks.add(task)
@@ -171,7 +276,7 @@ class FleetSimulation:
         self._check_done()
 
     async def _serve(self, n: int, record: TraceRecord) -> None:
-        """One request, as the frontend runs it: route, then hand it to the chosen worker."""
+        """One request, as the frontend runs it: route, decide, hand it to the chosen worker."""
         result, config = self.result, self.config
         request_id = f"r{n}"
         arrived_at = self._loop.time()
@@ -184,15 +289,23 @@ class FleetSimulation:
             route = await self.router.route(request_id, prompt, max_tokens=record.output_length)
         except (NoWorkersError, RouterBusyError) as exc:
             return self._failed(f"router {type(exc).__name__}")
+        prefill_id = None
+        if self.disagg is not None:
+            prefill_id = await self.disagg.decide(request_id, route, prompt)
         # Sampled tokens (not greedy): no per-prompt generator to seed; `rng` seeds them.
         sampling = SamplingConfig(temperature=1.0, max_tokens=record.output_length, ignore_eos=True)
-        rng = random.Random(self._rng_seed ^ n)
+        request = EngineRequest(request_id, prompt, sampling)
+        worker = self.workers[route.instance_id]
         try:
-            seq = self.workers[route.instance_id].submit(
-                EngineRequest(request_id, prompt, sampling), rng
-            )
+            if prefill_id is None:
+                seq = worker.submit(request, random.Random(self._rng_seed ^ n))
+            else:
+                assert self.disagg is not None
+                seq = self.disagg.submit_remote(worker, request, self._rng_seed ^ n, prefill_id)
         except EngineError as exc:
             self.router.free(request_id)
+            if self.disagg is not None:
+                self.disagg.prefill_done(request_id)
             return self._failed(f"refused {type(exc).__name__}")
         self._in_flight[seq] = _InFlight(request_id, arrived_at)
 
@@ -201,7 +314,10 @@ class FleetSimulation:
         result = self.result
         if req.last_token_at < 0:
             result.ttft.append(now - req.arrived_at)
+            req.first_token_at = now
             self.router.prefill_done(req.request_id)
+            if self.disagg is not None:
+                self.disagg.prefill_done(req.request_id)
         else:
             result.itl.append(now - req.last_token_at)
         req.last_token_at = now
@@ -213,6 +329,9 @@ class FleetSimulation:
             result.output_tokens += usage.completion_tokens
             result.prompt_tokens += usage.prompt_tokens
             result.cached_tokens += usage.cached_tokens
+            gaps = usage.completion_tokens - 1
+            mean_itl = (now - req.first_token_at) / gaps if gaps > 0 else 0.0
+            self.timings.append(RequestTiming(req.first_token_at - req.arrived_at, mean_itl))
             self._closed()
 
     def _failed(self, reason: str) -> None:
@@ -222,36 +341,36 @@ class FleetSimulation:
     def _closed(self) -> None:
         self._num_open -= 1
         self._last_done_at = self._loop.time()
+        if self._slots is not None:
+            self._slots.release()
         self._check_done()
 
     def _check_done(self) -> None:
         if self._all_sent and not self._num_open:
             self._all_done.set()
 
-    def _on_load(self, metrics: LoadMetrics) -> None:
-        # What KvRouter does with each LoadMetrics it receives.
-        assert self._kv is not None
-        load = self._kv.load
-        load.report(
-            metrics.instance_id,
-            metrics.active_blocks,
-            metrics.pending_prefill_tokens,
-            metrics.total_blocks,
-        )
-        load.expire()
+
+def run_fleet(
+    records: Iterable[TraceRecord], config: FleetConfig, label: str = ""
+) -> FleetSimulation:
+    """Replay `records` on a simulated fleet and return the finished simulation (synchronous:
+    runs its own simulated-time loop); its `result` is what `simulate` returns."""
+
+    sims: list[FleetSimulation] = []
+
+    async def main() -> None:
+        sim = FleetSimulation(config, label)
+        sims.append(sim)
+        # Not the task's result: asyncio may repr a finished task, and this one is large.
+        await sim.run(records)
+
+    run_simulated(main())
+    return sims[0]
 
 
 def simulate(records: Iterable[TraceRecord], config: FleetConfig, label: str = "") -> ReplayResult:
     """Replay `records` on a simulated fleet (synchronous: runs its own simulated-time loop)."""
-
-    results: list[ReplayResult] = []
-
-    async def main() -> None:
-        # Not the task's result: asyncio may repr a finished task, and this one is large.
-        results.append(await FleetSimulation(config, label).run(records))
-
-    run_simulated(main())
-    return results[0]
+    return run_fleet(records, config, label).result
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tandem.runtime.config import parse_config
 
-from .fleet_sim import FleetConfig, SimulateConfig, simulate
+from .fleet_sim import FleetConfig, SimulateConfig, run_fleet
 from .mooncake_trace import TraceRecord, read_trace
 from .router_tune import Trial, TuneConfig, format_trials, knob_flags, tune
 from .trace_summary import format_table
@@ -26,9 +26,19 @@ def _records(config: SimulateConfig, prog: str) -> list[TraceRecord] | None:
 
 def _describe(config: FleetConfig, records: Sequence[TraceRecord], trace: str) -> str:
     span = records[-1].arrival_s - records[0].arrival_s if records else 0.0
+    sending = (
+        f"closed loop at {config.concurrency} in flight"
+        if config.concurrency
+        else f"time scale {config.time_scale:g}"
+    )
+    workers = (
+        f"{config.prefill_workers} prefill + {config.decode_workers} decode"
+        if config.is_disaggregated
+        else f"{config.workers}"
+    )
     return (
         f"{Path(trace).name}, {len(records)} requests over {span:.0f} s of trace, "
-        f"time scale {config.time_scale:g}, {config.workers} simulated mocker workers "
+        f"{sending}, {workers} simulated mocker workers "
         f"({config.mocker.num_kv_blocks} KV blocks of "
         f"{config.mocker.scheduler.kv_cache_block_size} tokens, "
         f"speedup ratio {config.mocker.speedup_ratio:g})"
@@ -41,10 +51,18 @@ def simulate_main(argv: Sequence[str]) -> int:
     if records is None:
         return 2
     started, cpu_started = time.perf_counter(), time.process_time()
-    result = simulate(records, config)
+    sim = run_fleet(records, config)
+    result = sim.result
     took, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     print(f"simulated trace replay: {_describe(config, records, config.trace)}")
     print(format_table([result]))
+    if sim.disagg is not None:
+        decisions = ", ".join(f"{n} {k}" for k, n in sorted(sim.disagg.decisions.items()))
+        print(
+            f"disaggregation: {decisions or 'no decisions'}; "
+            f"{sim.disagg.transfer_bytes / 1e9:.1f} GB of KV moved in "
+            f"{sim.disagg.transfer_seconds:.1f} simulated seconds of transfers"
+        )
     print(f"{result.wall:.0f} simulated seconds in {took:.1f} s ({cpu:.1f} s of CPU)")
     return 0
 

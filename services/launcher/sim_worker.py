@@ -5,7 +5,11 @@ process: the `MockerEngine`'s own `Scheduler` and `BlockManager` (so it
 batches, chunks, caches, evicts and preempts as a live mocker does), steps
 that end after their modelled time on the loop's clock (the mocker's step
 loop, with no timer error), its KV events applied to the router's
-index by an `IndexFeed`, and the worker's real `LoadReporter`. Run it on a
+index by an `IndexFeed`, and the worker's real `LoadReporter`. In a
+disaggregated fleet (sim_disagg.py) a decode worker parks a request and resumes
+it when its KV "arrives", and a prefill worker runs prefill only with the
+blocks pinned: the shared scheduler's `park` / `resume_remote` / `release`, as
+the mocker engine's disaggregation hooks use them. Run it on a
 `SimulatedTimeLoop` (sim_loop.py); on a real loop it is a mocker worker
 without gRPC.
 """
@@ -16,8 +20,9 @@ import asyncio
 import random
 from collections.abc import Callable
 
+from tandem.router.kv_router import KvRouter
 from tandem.router.radix_index import RadixIndex
-from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.instance_info import InstanceInfo, Role
 from tandem.runtime.kv_tiers import DEVICE_TIER
 from tandem.runtime.pacing import WritePacer
 from tandem.runtime.tasks import cancel_and_wait
@@ -101,13 +106,32 @@ class _CallbackTransport:
         self._deliver(metrics)
 
 
-def worker_info(instance_id: str, config: MockerConfig, started_at: float = 0.0) -> InstanceInfo:
-    """The registration a mocker worker of `config` would write to etcd."""
+def load_sink(router: KvRouter) -> Callable[[LoadMetrics], None]:
+    """What `router` does with each LoadMetrics it receives (from NATS, live)."""
+
+    def deliver(metrics: LoadMetrics) -> None:
+        load = router.load
+        load.report(
+            metrics.instance_id,
+            metrics.active_blocks,
+            metrics.pending_prefill_tokens,
+            metrics.total_blocks,
+        )
+        load.expire()
+
+    return deliver
+
+
+def worker_info(
+    instance_id: str, config: MockerConfig, started_at: float = 0.0, role: Role = "aggregated"
+) -> InstanceInfo:
+    """The registration a mocker worker of `config` (and `role`) would write to etcd."""
     return InstanceInfo(
         instance_id,
         "worker",
         f"simulated:{instance_id}",
         model=config.model_name,
+        role=role,
         block_size=config.scheduler.kv_cache_block_size,
         total_blocks=config.num_kv_blocks,
         started_at=started_at,
@@ -141,6 +165,7 @@ class SimWorker:
             else None
         )
         self._on_output = on_output
+        self.num_prefill_tokens = 0  # prompt tokens its steps computed (not cached, not received)
         self._batch: ScheduledBatch[MockSequence] | None = None  # the step in flight
         self._is_stepping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -167,17 +192,62 @@ class SimWorker:
 
         Its tokens are drawn from `rng`, so a seeded run repeats exactly.
         """
+        seq = self._sequence(request, rng)
+        self.engine.scheduler.add(seq)
+        self._wake()
+        self._load_changed()
+        return seq
+
+    # -- disaggregated serving (the mocker engine's hooks, on the scheduler directly) --------
+
+    def submit_parked(self, request: EngineRequest, rng: random.Random) -> MockSequence | None:
+        """Decode side: admit `request` parked with all its blocks allocated (its cached
+        prefix matched), unscheduled until `resume_remote`; None when its blocks do not fit
+        now (the caller submits it to run here instead). EngineError if refused."""
+        seq = self._sequence(request, rng)
+        if not self.engine.scheduler.park(seq):
+            return None
+        self._load_changed()
+        return seq
+
+    def resume_remote(self, seq: MockSequence, first_token: int) -> bool:
+        """Decode side: `seq`'s KV arrived with `first_token` (the prefill worker's, drawn
+        from the same generator, so it is skipped here): decode on. False if not parked."""
+        sched = self.engine.scheduler
+        if seq not in sched.parked:
+            return False
+        seq.skip_token()
+        sched.resume_remote(seq, first_token)
+        self._wake()
+        return True
+
+    def prefill_only(self, request: EngineRequest, rng: random.Random) -> MockSequence:
+        """Prefill side: compute `request`'s prompt and first token only; the sequence
+        finishes after its prefill with its blocks pinned until `release`."""
+        seq = self._sequence(request, rng)
+        seq.max_new_tokens = 1
+        seq.pin_blocks = True
+        self.engine.scheduler.add(seq)
+        self._wake()
+        self._load_changed()
+        return seq
+
+    def release(self, seq: MockSequence) -> None:
+        """Unpin a finished prefill-only sequence's blocks (they stay in the prefix cache)."""
+        self.engine.scheduler.release(seq)
+
+    def _sequence(self, request: EngineRequest, rng: random.Random) -> MockSequence:
         seq = self.engine.new_sequence(request)
         seq.rng = rng
-        self.engine.scheduler.add(seq)
+        return seq
+
+    def _wake(self) -> None:
         if not self._is_stepping:
             # Like the mocker's step loop woken by a new request: on the loop's next turn,
             # so requests that arrive together start in one step.
             self._is_stepping = True
             assert self._loop is not None, "start() the worker first"
             self._loop.call_soon(self._start_step)
-        self._load_changed()
-        return seq
 
     def _load_changed(self) -> None:
         # As the worker's gRPC service does when a request starts or ends.
@@ -199,6 +269,7 @@ class SimWorker:
             loop.call_soon(self._start_step)  # nothing fits this step (only after a preemption)
             return
         self._batch = batch
+        self.num_prefill_tokens += batch.num_prefill_tokens
         assert self._call_at is not None
         self._call_at(loop.time() + self.engine.step_seconds(batch), self._end_step)
 
