@@ -53,7 +53,8 @@ from pathlib import Path
 import aiohttp
 from frontend_overhead import cpu_seconds, self_cpu  # bench/ is on sys.path as a script
 from mocker_cluster import MockerCluster
-from tandem.launcher.fleet_sim import FleetConfig, run_fleet
+from tandem.launcher.fleet_config import FleetConfig
+from tandem.launcher.fleet_sim import run_fleet
 from tandem.launcher.mooncake_trace import TraceRecord
 from tandem.launcher.trace_summary import percentile
 from tandem.runtime.config import parse_config

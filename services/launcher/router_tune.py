@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from tandem.router.config import RoutingConfig
 from tandem.runtime.config import flag_name, option
 
-from .fleet_sim import FleetConfig, SimulateConfig, simulate
+from .fleet_config import FleetConfig, SimulateConfig
+from .fleet_sim import simulate
 from .mooncake_trace import TraceRecord
 from .trace_summary import ReplayResult, percentile
 

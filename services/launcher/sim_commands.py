@@ -9,7 +9,8 @@ from pathlib import Path
 
 from tandem.runtime.config import parse_config
 
-from .fleet_sim import FleetConfig, SimulateConfig, run_fleet
+from .fleet_config import FleetConfig, SimulateConfig
+from .fleet_sim import run_fleet
 from .mooncake_trace import TraceRecord, read_trace
 from .router_tune import Trial, TuneConfig, format_trials, knob_flags, tune
 from .trace_summary import format_table

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tandem.launcher.fleet_sim import FleetConfig, simulate
+from tandem.launcher.fleet_config import FleetConfig
+from tandem.launcher.fleet_sim import simulate
 from tandem.launcher.local_infra import LocalInfra
 from tandem.launcher.mooncake_trace import TraceRecord
 from tandem.launcher.trace_summary import format_table, percentile

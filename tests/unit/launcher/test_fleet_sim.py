@@ -8,7 +8,8 @@ import dataclasses
 import random
 
 import pytest
-from tandem.launcher.fleet_sim import FleetConfig, simulate
+from tandem.launcher.fleet_config import FleetConfig
+from tandem.launcher.fleet_sim import simulate
 from tandem.launcher.mooncake_trace import TraceRecord, prompt_token_ids
 from tandem.launcher.sim_loop import run_simulated
 from tandem.launcher.sim_worker import SimWorker

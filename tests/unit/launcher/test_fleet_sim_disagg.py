@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from tandem.launcher.fleet_sim import FleetConfig, FleetSimulation, run_fleet
+from tandem.launcher.fleet_config import FleetConfig
+from tandem.launcher.fleet_sim import FleetSimulation, run_fleet
 from tandem.launcher.mooncake_trace import TraceRecord
 from tandem.router.config import RoutingConfig
 from tandem.worker.mocker import MockerConfig

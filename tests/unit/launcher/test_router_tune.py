@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from tandem.launcher import cli
-from tandem.launcher.fleet_sim import FleetConfig
+from tandem.launcher.fleet_config import FleetConfig
 from tandem.launcher.mooncake_trace import TraceRecord
 from tandem.launcher.router_tune import SEARCH_SPACE, knob_flags, tune
 from tandem.router.config import RoutingConfig
