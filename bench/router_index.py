@@ -8,7 +8,8 @@ the workers hold, and for prompts nobody holds. Events are timed from their
 serialized protobuf bytes as the router takes them off the stream
 (KvEventFollower.handle_bytes: parse + order check + index update),
 decisions end to end through KvRouter.route (hash the prompt, walk the
-index, score 100 workers, count the load). Each part is then timed alone,
+index, score 100 workers, count the load). Each part is then timed alone
+(scoring too: KvRouter._choose with the overlaps found beforehand),
 and so are the floors beneath them (decoding an event alone; packing a
 prompt and its XXH3 calls alone): what bounds the rate when the rest gets
 cheaper. `--clock cpu` times with the thread's CPU time, for runs on cores
@@ -199,8 +200,9 @@ async def run(args: argparse.Namespace) -> None:
         "  parts: hashing all of the prompt (block_hash.sequence_hashes) "
         f"{hash_us:.0f} us ({hash_us * 1e3 / (PROMPT_TOKENS // BLOCK_SIZE):.0f} ns/block); "
         f"index walk (RadixIndex.overlaps) {walk_us:.0f} us; "
-        f"the rest (scoring {args.workers} workers, load counts) "
-        f"{total / args.decisions * 1e6 - hash_us - walk_us:.0f} us"
+        f"the rest (scoring {args.workers} workers, load counts, metrics) "
+        f"{total / args.decisions * 1e6 - hash_us - walk_us:.0f} us, "
+        f"of which scoring alone (KvRouter._choose) {scoring_us(router, prompts, now):.0f} us"
     )
     pack_us, xxh3_us = hash_ceilings(prompts, now)
     print(
@@ -231,6 +233,28 @@ async def decisions(
     for rid in active:
         router.free(rid)
     return sorted(latencies), overlap / count
+
+
+def scoring_us(router: KvRouter, prompts: list[list[int]], now: Clock) -> float:
+    """Mean microseconds of choosing the worker alone (the cost model over every worker and
+    the load counts), the prompt's overlaps found beforehand; between two choices one
+    request is added and one freed, as between two decisions of `decisions`."""
+    overlaps = [router.index.tier_overlaps(sequence_hashes(p, BLOCK_SIZE)) for p in prompts]
+    prompt_blocks = PROMPT_TOKENS // BLOCK_SIZE
+    times = []
+    active: list[str] = []
+    for i in range(1000):
+        t0 = now()
+        chosen = router._choose(overlaps[i % len(overlaps)], prompt_blocks, prompt_blocks, ())
+        times.append(now() - t0)
+        assert chosen is not None
+        active.append(f"s{i}")
+        router.load.add(active[-1], chosen[0].instance_id, 0, prompt_blocks)
+        if len(active) > 256:
+            router.load.free(active.pop(0))
+    for rid in active:
+        router.load.free(rid)
+    return statistics.mean(times) * 1e6
 
 
 def fill_ceilings(raw_events: list[bytes], now: Clock) -> tuple[float, float]:

@@ -8,6 +8,12 @@ count at receipt. Reports lag, so one that was taken before a request
 finished would show phantom load; only an excess seen in two consecutive
 reports counts (the smaller of the two), and only while fresh.
 
+The router keeps each worker's cost-model terms between decisions instead of
+recomputing them for every worker on every decision (score_table.py): it
+asks `take_changed` which workers' `loads()` may differ from what it last
+read, i.e. those whose counts or reports changed and those whose report went
+stale since (time alone changes a worker's load).
+
 Two views of decode load, for two questions. Compute: every active
 sequence reads all its blocks each step, shared or not, so the cost model
 uses the per-request sum. Memory (the busy threshold): shared prefix blocks
@@ -70,6 +76,9 @@ class ActiveLoadManager:
         self._reported: dict[str, ReportedLoad] = {}
         self._num_remote = 0
         self._last_expiry = float("-inf")
+        self._changed: set[str] = set()  # workers whose loads() may differ since take_changed
+        self._oldest_fresh = float("inf")  # received_at of the oldest report fresh at last look
+        self._last_taken = float("-inf")  # the clock at the last take_changed
         self.on_release: Callable[[], None] | None = None
 
     def __len__(self) -> int:
@@ -95,6 +104,7 @@ class ActiveLoadManager:
         )
         self._prefill[instance_id] = self._prefill.get(instance_id, 0) + prefill_tokens
         self._decode[instance_id] = self._decode.get(instance_id, 0) + decode_blocks
+        self._changed.add(instance_id)
         if not is_local:
             self._num_remote += 1
         return True
@@ -105,6 +115,7 @@ class ActiveLoadManager:
             return None
         req.is_prefilled = True
         self._prefill[req.instance_id] -= req.prefill_tokens
+        self._changed.add(req.instance_id)
         self._notify()
         return req
 
@@ -115,6 +126,7 @@ class ActiveLoadManager:
         if not req.is_prefilled:
             self._prefill[req.instance_id] -= req.prefill_tokens
         self._decode[req.instance_id] -= req.decode_blocks
+        self._changed.add(req.instance_id)
         if not req.is_local:
             self._num_remote -= 1
         self._notify()
@@ -127,6 +139,7 @@ class ActiveLoadManager:
         self._prefill.pop(instance_id, None)
         self._decode.pop(instance_id, None)
         self._reported.pop(instance_id, None)
+        self._changed.add(instance_id)
 
     def report(
         self, instance_id: str, active_blocks: int, pending_prefill_tokens: int, total_blocks: int
@@ -135,16 +148,19 @@ class ActiveLoadManager:
         extra_prefill = max(0, pending_prefill_tokens - self._prefill.get(instance_id, 0))
         extra_decode = max(0, active_blocks - self._decode.get(instance_id, 0))
         prev = self._reported.get(instance_id)
+        now = self._clock()
         self._reported[instance_id] = ReportedLoad(
             min(extra_prefill, prev.last_extra_prefill_tokens) if prev else 0,
             min(extra_decode, prev.last_extra_decode_blocks) if prev else 0,
             total_blocks,
-            self._clock(),
+            now,
             extra_prefill,
             extra_decode,
             active_blocks,
             self._decode.get(instance_id, 0),
         )
+        self._changed.add(instance_id)
+        self._oldest_fresh = min(self._oldest_fresh, now)
         self._notify()
 
     def load(self, instance_id: str) -> WorkerLoad:
@@ -165,21 +181,48 @@ class ActiveLoadManager:
             return max(0, rep.active_blocks + decode - rep.counted_decode_blocks)
         return decode
 
-    def loads(self, instance_ids: Iterable[str]) -> tuple[list[int], list[int], list[int]]:
-        """`load()` and `used_blocks()` of many workers at once: the routing hot path."""
+    def loads(
+        self, instance_ids: Iterable[str], now: float | None = None
+    ) -> tuple[list[int], list[int], list[int]]:
+        """`load()` and `used_blocks()` of many workers at once (`now`: the clock's reading
+        to judge reports' freshness by, read here if not given)."""
         ids = instance_ids if isinstance(instance_ids, list) else list(instance_ids)
         prefills = list(map(self._prefill.get, ids, repeat(0)))
         decodes = list(map(self._decode.get, ids, repeat(0)))
         used = decodes.copy()
         if not self._reported:
             return prefills, decodes, used
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         for i, rep in enumerate(map(self._reported.get, ids)):
             if rep is not None and now - rep.received_at <= METRICS_FRESH_SECONDS:
                 used[i] = max(0, rep.active_blocks + decodes[i] - rep.counted_decode_blocks)
                 prefills[i] += rep.extra_prefill_tokens
                 decodes[i] += rep.extra_decode_blocks
         return prefills, decodes, used
+
+    def take_changed(self, now: float) -> set[str]:
+        """Workers whose `loads(..., now)` may differ from what it gave at the previous call:
+        counts or reports changed, or a report went stale (for one reader: the router).
+
+        Found without looking at every worker: a report can only have gone stale if the
+        oldest one still fresh at the last look has; a clock that went back (a test's) may
+        make stale reports fresh again, so it counts every reported worker."""
+        changed = self._changed
+        self._changed = set()
+        if now < self._last_taken or now - self._oldest_fresh > METRICS_FRESH_SECONDS:
+            went_back = now < self._last_taken
+            oldest = float("inf")
+            for iid, rep in self._reported.items():
+                if now - rep.received_at > METRICS_FRESH_SECONDS:
+                    changed.add(iid)
+                else:
+                    oldest = min(oldest, rep.received_at)
+                    if went_back:
+                        changed.add(iid)
+            self._oldest_fresh = oldest
+        self._last_taken = now
+        return changed
 
     def total_blocks(self, instance_id: str) -> int:
         rep = self._reported.get(instance_id)

@@ -75,6 +75,8 @@ DEFAULT_HOST_HIT_WEIGHT = 0.8
 """Share of a device hit's saving a block onboarded from host memory is credited with."""
 DEFAULT_DISK_HIT_WEIGHT = 0.5
 """Share of a device hit's saving a block onboarded from disk is credited with."""
+TIE_TOLERANCE = 1e-9
+"""Costs within this of the least tie (`pick`)."""
 
 
 def request_blocks(prompt_tokens: int, max_tokens: int, block_size: int) -> int:
@@ -182,7 +184,7 @@ def pick(
         raise ValueError("no candidates")
     if temperature <= 0 or len(cost) == 1:
         best = min(cost)
-        tied = [i for i, c in enumerate(cost) if c <= best + 1e-9]
+        tied = [i for i, c in enumerate(cost) if c <= best + TIE_TOLERANCE]
         if len(tied) > 1:
             least = min(active_decode_blocks[i] for i in tied)
             tied = [i for i in tied if active_decode_blocks[i] <= least]

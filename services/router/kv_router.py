@@ -3,9 +3,10 @@
 Wires the parts together: RadixIndex (fed by KvEventFollower, or by the
 router's own decisions through ApproxIndex with --no-kv-events),
 ActiveLoadManager (corrected by LoadMetrics, shared with replicas through
-LoadSharing), the cost model, the busy threshold and its wait queue.
-route() hashes the prompt once, only as far as the index walk reads, and
-never blocks on I/O unless every worker is busy.
+LoadSharing), the cost model (over per-worker terms kept between decisions:
+ScoreTable), the busy threshold and its wait queue. route() hashes the
+prompt once, only as far as the index walk reads, scores only the workers
+that can matter, and never blocks on I/O unless every worker is busy.
 
 A worker that holds the prompt's next blocks in host memory or on disk
 (after those in its device tier) is credited for them with
@@ -45,6 +46,7 @@ from .kv_event_follower import KvEventFollower
 from .load_sharing import LoadSharing
 from .metrics import ModelRouterMetrics, RouterMetrics
 from .radix_index import RadixIndex, TierOverlaps
+from .score_table import ScoreTable
 from .worker_view import WorkerView, candidates
 
 if TYPE_CHECKING:
@@ -75,6 +77,8 @@ class KvRouter(BaseRouter):
         self.index = RadixIndex()
         self.load = ActiveLoadManager(clock)
         self.load.on_release = self._wake_waiters
+        self._clock = clock
+        self._scores = ScoreTable(self.load)
         # Every model's router reports into one shared RouterMetrics; else a registry of its own.
         self.metrics = metrics if metrics is not None else RouterMetrics().for_model("")
         self._workers = workers
@@ -221,55 +225,19 @@ class KvRouter(BaseRouter):
         exclude: Collection[str],
     ) -> tuple[InstanceInfo, int] | None:
         """The best worker below the busy threshold and the prompt blocks it holds in any
-        tier, or None when all are busy."""
-        instances = self._workers.instances
-        refused = self._refused
-        # A draining worker is still registered (its streams finish) but takes nothing new.
-        ids = [
-            iid
-            for iid, info in instances.items()
-            if not info.draining and iid not in exclude and iid not in refused
-        ]
-        if not ids:
-            candidates(self._workers, exclude)  # raises NoWorkersError with the reason
-            raise NoWorkersError(f"no worker available (refused: {sorted(refused)})")
-        prefills, decodes, used = self.load.loads(ids)
-        threshold = self.config.busy_threshold
-        keep = []
-        for i, iid in enumerate(ids):
-            total = instances[iid].total_blocks or self.load.total_blocks(iid)
-            if total <= 0 or used[i] <= threshold * total:
-                keep.append(i)
-        if not keep:
-            return None
-        if len(keep) < len(ids):
-            ids = [ids[i] for i in keep]
-            prefills = [prefills[i] for i in keep]
-            decodes = [decodes[i] for i in keep]
-        device, host, disk = overlaps
-        held: list[int] = [device.get(iid, 0) for iid in ids] if device else [0] * len(ids)
-        credited: list[float] | list[int] = held
-        if host or disk:
-            config = self.config
-            host_weight = config.router_host_cache_hit_weight
-            disk_weight = config.router_disk_cache_hit_weight
-            more = [(host.get(iid, 0), disk.get(iid, 0)) for iid in ids]
-            credited = [
-                cost_model.credited_overlap(d, h, k, host_weight, disk_weight)
-                for d, (h, k) in zip(held, more, strict=True)
-            ]
-            held = [d + h + k for d, (h, k) in zip(held, more, strict=True)]
-        cost = cost_model.costs(
-            credited,
-            list(map(cost_model.backlog_tokens, prefills)),
-            decodes,
-            prompt_blocks,
-            request_blocks,
-            self.block_size,
-            self.config.kv_overlap_score_weight,
+        tier, or None when all are busy (the cost model over the kept terms: score_table.py)."""
+        scores = self._scores
+        scores.sync(
+            self._workers.instances, self._refused, self.block_size, self.config, self._clock()
         )
-        best = cost_model.pick(cost, decodes, self.config.router_temperature, self._rng)
-        return instances[ids[best]], held[best]
+        if not scores.num_allowed(exclude):
+            candidates(self._workers, exclude)  # raises NoWorkersError with the reason
+            raise NoWorkersError(f"no worker available (refused: {sorted(self._refused)})")
+        chosen = scores.choose(overlaps, prompt_blocks, request_blocks, exclude, self._rng)
+        if chosen is None:
+            return None
+        row, held = chosen
+        return scores.infos[row], held
 
     async def _wait_for_room(
         self, hashes: LazySequenceHashes, request_blocks: int, exclude: Collection[str]
