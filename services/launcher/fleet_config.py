@@ -82,6 +82,11 @@ class FleetConfig:
                 f"(got {self.prefill_workers} and {self.decode_workers})"
             )
         DisaggSettings(self.max_local_prefill_length, self.max_prefill_queue_size)  # validates
+        if self.mocker.kvbm.enabled:
+            raise ValueError(
+                "--connector kvbm: the fleet simulator does not simulate the KVBM tiers; "
+                "measure them on live mocker workers (bench/kvbm.py)"
+            )
         if self.concurrency < 0 or self.ramp_up < 0:
             raise ValueError("concurrency and ramp_up must be >= 0")
         if self.time_scale <= 0:

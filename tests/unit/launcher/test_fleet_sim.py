@@ -18,6 +18,7 @@ from tandem.router.radix_index import RadixIndex
 from tandem.runtime.block_hash import sequence_hashes
 from tandem.runtime.wire.kv_events_pb2 import LoadMetrics
 from tandem.worker.engine import EngineRequest, SamplingConfig
+from tandem.worker.kvbm.config import KvbmConfig
 from tandem.worker.mocker import MockerConfig
 from tandem.worker.mocker.sequence import MockSequence
 
@@ -174,3 +175,10 @@ def test_make_router_hands_the_kv_router_the_simulated_clock() -> None:
     router.load.add("r0", "w0", 10, 2)
     request = router.load.get("r0")
     assert request is not None and request.added_at == 1234.5
+
+
+def test_kvbm_tiers_are_refused_not_silently_left_out() -> None:
+    # The simulated workers run no KVBM: a run asked for one must not print figures without it.
+    mocker = MockerConfig(kvbm=KvbmConfig(connector="kvbm"))
+    with pytest.raises(ValueError, match="does not simulate the KVBM tiers"):
+        FleetConfig(mocker=mocker)
