@@ -469,6 +469,8 @@ def metrics_line(o: Outcome) -> str:
             if (n := get("copies_total", k))
         ]
         parts.append("mean copy " + (" ".join(copies) or "-"))
+        declined = [f"{t} {get('declined_onboard_blocks_total', t):g}" for t in tiers[1:]]
+        parts.append("declined blocks " + " ".join(declined))
         parts.append(f"skipped {get('offloads_skipped_total'):g}")
         parts.append(f"failed reads {get('failed_reads_total'):g}")
     return f"  {o.setup.label}: " + "; ".join(parts)

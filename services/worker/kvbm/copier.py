@@ -28,6 +28,9 @@ class CopyKind(enum.Enum):
 SYNC_KINDS = frozenset({CopyKind.DEVICE_TO_HOST, CopyKind.HOST_TO_DEVICE})
 """The kinds `copy_now` does."""
 
+ONBOARD_KINDS = frozenset({CopyKind.HOST_TO_DEVICE, CopyKind.DISK_TO_DEVICE})
+"""Copies up, which a request waits for: no copier queues them behind a copy down."""
+
 _NEEDS: dict[CopyKind, tuple[str, ...]] = {
     CopyKind.DEVICE_TO_HOST: ("device_block", "host_slot"),
     CopyKind.HOST_TO_DISK: ("host_slot",),
@@ -39,7 +42,7 @@ _NEEDS: dict[CopyKind, tuple[str, ...]] = {
 
 @dataclass(frozen=True, slots=True, eq=False)
 class CopyOp:
-    """One block to move; the copier sets `ok` when done (nothing else changes).
+    """One block to move; the copier sets `ok` and `seconds` when done (nothing else changes).
 
     Compared by identity: an op is its own handle (`id(op)` keys the caller's bookkeeping).
     """
@@ -51,6 +54,8 @@ class CopyOp:
     local_hash: int = 0
     parent_hash: int | None = None
     ok: bool = False
+    seconds: float = 0.0
+    """Time the copy itself took (queueing not included): what the manager's cost model learns."""
 
     def __post_init__(self) -> None:
         missing = [name for name in _NEEDS[self.kind] if getattr(self, name) < 0]
@@ -63,9 +68,10 @@ def check_sync(op: CopyOp) -> None:
         raise ValueError(f"copy_now does device <-> host copies only, not {op.kind.value}")
 
 
-def settle(op: CopyOp, ok: bool) -> None:
+def settle(op: CopyOp, ok: bool, seconds: float = 0.0) -> None:
     # The one write to an op after it was made: frozen keeps the engine thread and the
     # copy thread from changing what the op copies while it is in flight.
+    object.__setattr__(op, "seconds", seconds)
     object.__setattr__(op, "ok", ok)
 
 
@@ -142,7 +148,7 @@ class CopyLedger:
             self._pending += 1
 
     def record(self, op: CopyOp, ok: bool, seconds: float, listed: bool) -> None:
-        settle(op, ok)
+        settle(op, ok, seconds)
         with self._lock:
             s = self._stats[op.kind]
             s.ops += 1

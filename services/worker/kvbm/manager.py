@@ -20,7 +20,10 @@ lower tiers can read (`lookup`), allocates device blocks for the whole prompt as
 hands those to `onboard`: each is copied up (host) or read back and verified (disk) on the
 copier's thread while other sequences keep stepping; `poll`, at the start of every step,
 runs what completed, and the scheduler resumes the request from the first block that did
-not come back. Not thread-safe: the engine's step loop owns it, as it owns the BlockManager.
+not come back. `lookup` stops at the first block held by a tier that copies slower than the
+engine recomputes (onboard_cost.py, both measured here): from there the prompt is
+recomputed, as after a block that failed to come back. Not thread-safe: the engine's step
+loop owns it, as it owns the BlockManager.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from tandem.runtime.kv_tiers import DEVICE_TIER, DISK_TIER, HOST_TIER
 
 from ..kv_event_sink import KvEventSink
 from .config import KvbmConfig
-from .copier import BlockCopier, CopyKind, CopyOp
+from .copier import ONBOARD_KINDS, BlockCopier, CopyKind, CopyOp
+from .onboard_cost import OnboardCost
 from .registry import BlockRegistry, BlockState, TierBlock, TierPool
 
 if TYPE_CHECKING:
@@ -43,6 +47,8 @@ if TYPE_CHECKING:
 
 MAX_OFFLOADS_IN_FLIGHT = 64
 """Device blocks pinned by copies down at once, at most (and at most 1/8 of the pool)."""
+
+_ONBOARD_TIER = {CopyKind.HOST_TO_DEVICE: HOST_TIER, CopyKind.DISK_TO_DEVICE: DISK_TIER}
 
 
 @dataclass(slots=True)
@@ -64,6 +70,7 @@ class KvbmStats:
     lookup_blocks: int = 0
     hit_blocks: dict[str, int] = field(default_factory=dict)
     offloads_skipped: int = 0  # a lower tier had no room (every block busy)
+    declined_blocks: dict[str, int] = field(default_factory=dict)  # recomputed, by slow tier
     failed_reads: int = 0  # a block file was torn, truncated or foreign: dropped
     copies: dict[str, int] = field(default_factory=dict)  # by copy kind
     copy_seconds: dict[str, float] = field(default_factory=dict)  # submit to completion
@@ -105,6 +112,7 @@ class Kvbm:
         self._handlers: dict[int, tuple[CopyOp, Callable[[bool], None], str, float]] = {}
         self._num_offloading = 0
         self._stats = KvbmStats(bytes_per_block=bytes_per_block)
+        self.cost: OnboardCost | None = None  # once attached (it needs the block size)
 
     # -- wiring ----------------------------------------------------------------
 
@@ -113,6 +121,7 @@ class Kvbm:
         self._device = device
         self._max_dirty = int(self.config.kvbm_offload_ratio * device.num_blocks)
         self._max_in_flight = max(1, min(MAX_OFFLOADS_IN_FLIGHT, device.num_blocks // 8))
+        self.cost = OnboardCost(device.block_size)
 
     def announce_disk(self, found: Sequence[tuple[int, int, int | None]]) -> int:
         """Adopt block files a previous run left (hash, local hash, parent), report them held
@@ -175,6 +184,8 @@ class Kvbm:
             if entry is None:
                 continue
             _, handler, kind, submitted = entry
+            if op.ok and op.kind in ONBOARD_KINDS and self.cost is not None:
+                self.cost.copied(_ONBOARD_TIER[op.kind], op.seconds)
             self._stats.copies[kind] = self._stats.copies.get(kind, 0) + 1
             self._stats.copy_seconds[kind] = self._stats.copy_seconds.get(kind, 0.0) + (
                 now - submitted
@@ -186,11 +197,26 @@ class Kvbm:
         """Simulated time the last step spent in synchronous copies (the mocker adds it)."""
         return self.copier.take_stall_seconds()
 
+    def prefilled(self, num_tokens: int, seconds: float) -> None:
+        """An engine step that prefilled `num_tokens` tokens took `seconds` (the engine reports
+        every step: the recompute side of `lookup`'s choice)."""
+        if self.cost is not None:
+            self.cost.prefilled(num_tokens, seconds)
+
     def lookup(self, hashes: Sequence[int], start: int, limit: int) -> int:
-        """How many blocks of `hashes[start:]` (at most `limit`) the lower tiers can bring back."""
+        """How many blocks of `hashes[start:]` (at most `limit`) the lower tiers should bring
+        back: up to the first held by a tier slower than recomputing (counted declined)."""
         if limit <= 0:
             return 0
-        return len(self.registry.lookup_run(hashes, start, limit))
+        pools = self.registry.lookup_run(hashes, start, limit)
+        cost = self.cost
+        if cost is not None:
+            for i, pool in enumerate(pools):
+                if not cost.worth_onboarding(pool.tier):
+                    declined = self._stats.declined_blocks
+                    declined[pool.tier] = declined.get(pool.tier, 0) + len(pools) - i
+                    return i
+        return len(pools)
 
     def count_admission(self, num_blocks: int, device_hits: int) -> None:
         """An admitted prompt of `num_blocks` full blocks found `device_hits` on the device
@@ -245,6 +271,7 @@ class Kvbm:
             lookup_blocks=s.lookup_blocks,
             hit_blocks=dict(s.hit_blocks),
             offloads_skipped=s.offloads_skipped,
+            declined_blocks=dict(s.declined_blocks),
             failed_reads=s.failed_reads,
             copies=dict(s.copies),
             copy_seconds=dict(s.copy_seconds),

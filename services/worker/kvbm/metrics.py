@@ -58,6 +58,13 @@ COPY_SECONDS = KVBM.counter(
 OFFLOADS_SKIPPED = KVBM.counter(
     "offloads_skipped_total", "Blocks not written down: every block of the tier was busy."
 )
+DECLINED_BLOCKS = KVBM.counter(
+    "declined_onboard_blocks_total",
+    "Blocks a lower tier held that were recomputed instead of copied up.",
+    ("tier",),
+    detail="`tier`: the one whose copy was measured slower than the engine recomputes; the "
+    "prompt's blocks after its first such block are recomputed too and counted with it.",
+)
 FAILED_READS = KVBM.counter(
     "failed_reads_total",
     "Block files found torn, truncated or foreign when read back: dropped, recomputed.",
@@ -101,4 +108,8 @@ class KvbmCollector(Collector):
         yield copies
         yield seconds
         yield OFFLOADS_SKIPPED.family(s.offloads_skipped)
+        declined = DECLINED_BLOCKS.family()
+        for tier, n in s.declined_blocks.items():
+            declined.add_metric([tier], n)
+        yield declined
         yield FAILED_READS.family(s.failed_reads)

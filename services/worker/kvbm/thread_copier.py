@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import queue
 import threading
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..kv_transfer.layout import KvLayout
-from .copier import CopyKind, CopyLedger, CopyOp, check_sync
+from .copier import ONBOARD_KINDS, CopyKind, CopyLedger, CopyOp, check_sync
 from .disk_store import DiskStore
 
 if TYPE_CHECKING:
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 
 class ThreadCopier(CopyLedger):
     """Owns one daemon copy thread and its queue; copies real bytes between the tiers.
+
+    The queue runs copies up (`ONBOARD_KINDS`, a request waits for them) before copies
+    down and file deletions, each class in submit order, so an onboard waits at most for
+    the one copy in progress, never for a backlog of write-through offloads. Reordering is
+    safe: an op's blocks and slots are no other queued op's (`BlockCopier`), and a block
+    file is read only once its write completed, while deletions and writes keep their order.
 
     CPU tensors: each layer's region is one `ctypes.memmove` between data pointers, which
     releases the GIL and starts no OpenMP team (the torch engine keeps all torch ops on its
@@ -64,7 +71,11 @@ class ThreadCopier(CopyLedger):
         )
         self._staging = staging.data
         self._staging_address = staging.ctypes.data
-        self._queue: queue.SimpleQueue[tuple[CopyOp, Any] | None] = queue.SimpleQueue()
+        # (class, submit order, op or None to stop, CUDA event): lowest first.
+        self._queue: queue.PriorityQueue[tuple[int, int, CopyOp | None, Any]] = (
+            queue.PriorityQueue()
+        )
+        self._order = itertools.count()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="kvbm-copier", daemon=True)
         self._thread.start()
@@ -72,7 +83,8 @@ class ThreadCopier(CopyLedger):
     def submit(self, op: CopyOp) -> None:
         self._check(op)
         self.submitted()
-        self._queue.put((op, self._cuda.after_queued_work() if self._cuda else None))
+        event = self._cuda.after_queued_work() if self._cuda else None
+        self._queue.put((0 if op.kind in ONBOARD_KINDS else 1, next(self._order), op, event))
 
     def copy_now(self, op: CopyOp) -> None:
         check_sync(op)  # and the staging buffer stays the copy thread's alone
@@ -89,17 +101,16 @@ class ThreadCopier(CopyLedger):
         if self._closing:
             return
         self._closing = True
-        self._queue.put(None)
+        self._queue.put((2, next(self._order), None, None))  # after every queued op
         self._thread.join()
 
     # -- the copy thread ---------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            _, _, op, event = self._queue.get()
+            if op is None:
                 return
-            op, event = item
             if self._closing:
                 self.record(op, False, 0.0, listed=True)
                 continue

@@ -90,13 +90,18 @@ class MockerEngine(PushEngine):
     def model_card(self) -> ModelCard:
         return dataclasses.replace(super().model_card(), vocab_size=self.config.vocab_size)
 
+    @property
+    def kv_block_bytes(self) -> int:
+        """The simulated size of one KV block, what the tiers and transfers move."""
+        return self.config.kv_bytes_per_token * self.block_size
+
     async def start(self) -> None:
         cfg = self.config
         if cfg.kvbm.enabled and self.kvbm is None:
             self.kvbm = simulated_kvbm(
                 cfg.kvbm,
                 cfg.num_kv_blocks,
-                cfg.kv_bytes_per_token * self.block_size,
+                self.kv_block_bytes,
                 cfg.kvbm_host_bandwidth,
                 cfg.kvbm_disk_bandwidth,
                 cfg.speedup_ratio,
@@ -221,7 +226,7 @@ class MockerEngine(PushEngine):
     def kv_transport(self) -> SimulatedTransport:
         cfg = self.config
         return SimulatedTransport(
-            cfg.kv_bytes_per_token * self.block_size,
+            self.kv_block_bytes,
             cfg.kv_transfer_bandwidth,
             cfg.speedup_ratio,
         )
@@ -265,8 +270,9 @@ class MockerEngine(PushEngine):
                 await asyncio.sleep(0)
                 continue
             seconds = self.step_seconds(batch)
-            if self.kvbm is not None:  # copies the step waited for (blocks it evicted)
-                seconds += self.kvbm.take_stall_seconds()
+            if self.kvbm is not None:
+                self.kvbm.prefilled(batch.num_prefill_tokens, seconds)  # recomputing's cost
+                seconds += self.kvbm.take_stall_seconds()  # copies the step waited for
             self._record(batch, seconds)
             # Sleep to an absolute deadline so scheduling overhead and timer
             # rounding do not slow the simulated clock; never build up debt.

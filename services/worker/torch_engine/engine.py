@@ -289,6 +289,8 @@ class TorchEngine(DisaggHooks, BaseEngine):
         started = time.perf_counter()
         tokens, logprobs = parts.runner.step(batch)
         elapsed = time.perf_counter() - started
+        if parts.kvbm is not None:  # what recomputing a prefix costs, against onboarding it
+            parts.kvbm.prefilled(batch.num_prefill_tokens, elapsed)
         timer = self._prefill_time if batch.prefills else self._decode_time
         timer[0] += elapsed
         timer[1] += 1

@@ -1,4 +1,5 @@
-"""The mocker's copier: completion times follow each link's bandwidth, FIFO per link."""
+"""The mocker's copier: completion times follow each link's bandwidth; the host links are
+full duplex (one per direction) and the disk serves reads before queued writes."""
 
 from __future__ import annotations
 
@@ -83,21 +84,49 @@ def test_each_link_is_fifo_at_its_bandwidth() -> None:
     assert stats[CopyKind.HOST_TO_DISK].seconds == pytest.approx(1e-3)
 
 
-def test_a_busy_link_queues_a_copy_behind_the_ones_before_it() -> None:
+def test_an_onboard_never_waits_behind_offloads() -> None:
     loop, calls = ClockLoop(), []
     copier = make(loop, calls)
-    copier.submit(CopyOp(CopyKind.HOST_TO_DISK, 1, host_slot=0))
-    copier.submit(CopyOp(CopyKind.HOST_TO_DISK, 2, host_slot=1))
-    loop.advance(0.5e-3)  # the first is half done
-    copier.submit(CopyOp(CopyKind.DISK_TO_DEVICE, 1, device_block=0))
-    copier.submit(CopyOp(CopyKind.DISK_DELETE, 3))  # no link: done at once
-    assert loop.advance(1.0) == pytest.approx([0.5e-3, 1e-3, 2e-3, 3e-3])
+    down = [CopyOp(CopyKind.DEVICE_TO_HOST, i, device_block=i, host_slot=i) for i in range(40)]
+    for op in down:
+        copier.submit(op)
+    loop.advance(0.1e-3)  # the write-through backlog is 10 ms deep now
+    up = CopyOp(CopyKind.HOST_TO_DEVICE, 99, host_slot=50, device_block=50)
+    copier.submit(up)
+    ran = loop.advance(0.1e-3 + copier.host_seconds)
+    # Its own 0.25 ms after its submission, on the other direction's link; only the first
+    # offload finished meanwhile.
+    assert ran == pytest.approx([0.25e-3, 0.35e-3])
+    assert copier.completed() == [down[0], up] and up.ok
+    assert up.seconds == pytest.approx(copier.host_seconds)
+    # The offloads kept their own pace: back to back from 0, the last at 40 x 0.25 ms.
+    ran = loop.advance(1.0)
+    assert len(ran) == 39 and ran[-1] == pytest.approx(40 * 0.25e-3)
+    assert copier.completed() == down[1:]
+
+
+def test_a_disk_read_waits_only_for_the_write_in_progress() -> None:
+    loop, calls = ClockLoop(), []
+    copier = make(loop, calls)
+    writes = [CopyOp(CopyKind.HOST_TO_DISK, i, host_slot=i) for i in range(1, 4)]
+    for op in writes:
+        copier.submit(op)
+    loop.advance(0.5e-3)  # the first is half done, two more queued
+    read = CopyOp(CopyKind.DISK_TO_DEVICE, 1, device_block=0)
+    copier.submit(read)
+    copier.submit(CopyOp(CopyKind.DISK_DELETE, 9))  # no link: done at once
+    assert loop.advance(1.0) == pytest.approx([0.5e-3, 1e-3, 2e-3, 3e-3, 4e-3])
     assert [op.kind for op in copier.completed()] == [
         CopyKind.DISK_DELETE,
         CopyKind.HOST_TO_DISK,
+        CopyKind.DISK_TO_DEVICE,  # ahead of the two queued writes
         CopyKind.HOST_TO_DISK,
-        CopyKind.DISK_TO_DEVICE,
+        CopyKind.HOST_TO_DISK,
     ]
+    # Reads and writes share the drive: five copies took five copies' time.
+    stats = copier.stats()
+    assert stats[CopyKind.HOST_TO_DISK].seconds == pytest.approx(3e-3)
+    assert read.seconds == pytest.approx(1e-3)
 
 
 def test_copy_now_is_a_stall_taken_once() -> None:
@@ -116,7 +145,15 @@ def test_copy_now_is_a_stall_taken_once() -> None:
 def test_close_cancels_the_copies_in_flight() -> None:
     loop, calls = ClockLoop(), []
     copier = make(loop, calls)
-    op = CopyOp(CopyKind.HOST_TO_DISK, 1, host_slot=0)
-    copier.submit(op)
+    ops = [
+        CopyOp(CopyKind.HOST_TO_DISK, 1, host_slot=0),  # in progress
+        CopyOp(CopyKind.HOST_TO_DISK, 2, host_slot=1),  # queued
+        CopyOp(CopyKind.DISK_TO_DEVICE, 3, device_block=0),
+        CopyOp(CopyKind.DEVICE_TO_HOST, 4, device_block=1, host_slot=2),
+        CopyOp(CopyKind.DISK_DELETE, 5),
+    ]
+    for op in ops:
+        copier.submit(op)
     copier.close()
-    assert loop.advance(1.0) == [] and calls == [] and not op.ok and copier.pending == 0
+    assert loop.advance(1.0) == [] and calls == [] and copier.pending == 0
+    assert not any(op.ok for op in ops) and copier.completed() == []

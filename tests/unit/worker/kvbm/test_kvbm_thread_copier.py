@@ -175,3 +175,42 @@ def test_close_settles_every_op_and_stops_the_thread(
     copier.close()
     assert not copier._thread.is_alive()
     assert copier.completed() == ops and copier.pending == 0  # done or dropped (ok=False)
+
+
+def test_onboards_go_before_queued_offloads_and_deletions(tmp_path: Path) -> None:
+    cache = kv_cache()
+    arena = HostArena(LAYOUT, 3)
+    disk = DiskStore(str(tmp_path), layout_fingerprint(LAYOUT, "m"), LAYOUT.bytes_per_block)
+    disk.write(0x9, 1, None, block_bytes(cache, 5))
+    gate, done = threading.Event(), Completions()
+
+    def on_complete() -> None:
+        done()
+        assert gate.wait(timeout=30)  # holds the copy thread after its first op
+
+    copier = ThreadCopier(cache, LAYOUT, arena, disk, on_complete)
+    try:
+        first = CopyOp(CopyKind.DEVICE_TO_HOST, 0x1, device_block=0, host_slot=0)
+        copier.submit(first)
+        done.wait(1)  # the thread is parked in on_complete: what follows only queues
+        down = [
+            CopyOp(CopyKind.DEVICE_TO_HOST, 0x2, device_block=1, host_slot=1),
+            CopyOp(CopyKind.HOST_TO_DISK, 0x1, host_slot=0),
+            CopyOp(CopyKind.DISK_DELETE, 0x7),
+        ]
+        up = [
+            CopyOp(CopyKind.HOST_TO_DEVICE, 0x1, host_slot=0, device_block=3),
+            CopyOp(CopyKind.DISK_TO_DEVICE, 0x9, device_block=4),
+        ]
+        for op in [*down, *up]:
+            copier.submit(op)
+        gate.set()
+        done.wait(6)
+        # The copies up first (in their submit order), then the rest in theirs.
+        assert copier.completed() == [first, *up, *down]
+        assert all(op.ok for op in [first, *up, *down])
+        assert block_bytes(cache, 3) == block_bytes(cache, 0)
+        assert block_bytes(cache, 4) == block_bytes(cache, 5)
+        assert all(op.seconds > 0 for op in up)
+    finally:
+        copier.close()

@@ -68,3 +68,35 @@ async def test_disk_tier_brings_it_back_when_host_memory_is_too_small() -> None:
     assert cached == 31 * 16
     stats = engine.kvbm_stats()
     assert stats is not None and stats.onboarded_blocks.get(DISK_TIER, 0) > 0
+
+
+async def test_a_disk_measured_slower_than_prefill_is_declined_the_next_time() -> None:
+    # 0.5 GB/s: 4.2 ms a 2 MiB block against the step model's 0.32 ms to prefill 16 tokens.
+    config = KvbmConfig(
+        connector="kvbm",
+        kvbm_storage_tiers="hbm,host_dram,nvme_ssd",
+        num_host_blocks=40,
+        num_disk_blocks=1000,
+    )
+    engine = MockerEngine(replace(BASE, kvbm=config, kvbm_disk_bandwidth=0.5))
+    await engine.start()
+    try:
+        cached = []
+        for visit in range(2):
+            await served(engine, f"first{visit}", CONVERSATION)
+            for i in range(4):  # pushes the conversation off the device and out of host memory
+                base = 20_000 + 10_000 * visit + i * 1000
+                await served(engine, f"other{visit}.{i}", list(range(base, base + 500)))
+            last = await served(engine, f"again{visit}", CONVERSATION + [1, 2, 3])
+            assert last.usage is not None
+            cached.append(last.usage.cached_tokens)
+        stats = engine.kvbm_stats()
+        assert engine.kvbm is not None and engine.kvbm.cost is not None
+        token = engine.kvbm.cost.prefill_token_seconds  # fed by the engine's steps
+        assert token is not None and token > 0
+    finally:
+        await engine.stop()
+    # The first return trusted the unmeasured disk; the second knew it was slower.
+    assert cached[0] == 31 * 16 and cached[1] == 0
+    assert stats is not None and stats.onboarded_blocks.get(DISK_TIER, 0) > 0
+    assert stats.declined_blocks == {DISK_TIER: 31}, stats

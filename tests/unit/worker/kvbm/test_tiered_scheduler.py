@@ -24,12 +24,16 @@ BS = 4
 
 
 class FakeCopier:
-    """Finishes ops when told (`hold`) or at the next `completed()`; records every op."""
+    """Finishes ops when told (`hold`) or at the next `completed()`; records every op.
+
+    Each finished op reports `seconds[kind]` as its copy time (0 if not set).
+    """
 
     def __init__(self, fail: set[int] | None = None) -> None:
         self.submitted: list[CopyOp] = []
         self.synchronous: list[CopyOp] = []
         self.hold = False
+        self.seconds: dict[CopyKind, float] = {}
         self._queued: list[CopyOp] = []
         self._fail = fail or set()
 
@@ -43,6 +47,7 @@ class FakeCopier:
         done, self._queued = self._queued, []
         for op in done:
             object.__setattr__(op, "ok", op.block_hash not in self._fail)
+            object.__setattr__(op, "seconds", self.seconds.get(op.kind, 0.0))
         return done
 
     @property
@@ -124,6 +129,15 @@ CONVERSATION = list(range(100, 121))  # 21 tokens: 5 full blocks
 OTHERS = [list(range(1000 * i, 1000 * i + 16)) for i in range(1, 4)]  # 4 blocks each
 
 
+def write_down_then_evict_conversation(sched: Scheduler[Sequence]) -> None:
+    """Runs CONVERSATION, lets its blocks be copied down, then pushes them off the device."""
+    run_to_end(sched, seq("a", CONVERSATION))
+    settle(sched)
+    for i, other in enumerate(OTHERS):
+        run_to_end(sched, seq(f"o{i}", other))
+    settle(sched)
+
+
 def test_evicted_prefix_comes_back_from_host_memory_not_recomputed() -> None:
     sched, kvbm, sink, copier = tiered()
     first = seq("a", CONVERSATION)
@@ -186,11 +200,7 @@ def test_blocks_being_copied_down_stay_pinned_on_the_device() -> None:
 
 def test_request_aborted_while_onboarding_frees_its_blocks_only_after_the_copies() -> None:
     sched, kvbm, _, copier = tiered()
-    run_to_end(sched, seq("a", CONVERSATION))
-    settle(sched)
-    for i, other in enumerate(OTHERS):
-        run_to_end(sched, seq(f"o{i}", other))
-    settle(sched)
+    write_down_then_evict_conversation(sched)
     copier.hold = True
     back = seq("a2", CONVERSATION + [7])
     sched.add(back)
@@ -209,11 +219,7 @@ def test_request_aborted_while_onboarding_frees_its_blocks_only_after_the_copies
 
 def test_a_block_that_fails_to_come_back_is_recomputed_from_there() -> None:
     sched, kvbm, _, copier = tiered()
-    run_to_end(sched, seq("a", CONVERSATION))
-    settle(sched)
-    for i, other in enumerate(OTHERS):
-        run_to_end(sched, seq(f"o{i}", other))
-    settle(sched)
+    write_down_then_evict_conversation(sched)
     third = sched.block_manager.prompt_hashes(CONVERSATION).sequence[2]
     copier._fail = {third}
     back = seq("a2", CONVERSATION + [7])
@@ -261,11 +267,7 @@ def test_device_tier_events_unchanged_by_the_tiers() -> None:
 
 def test_other_sequences_keep_stepping_while_one_onboards() -> None:
     sched, _, _, copier = tiered(num_blocks=16)
-    run_to_end(sched, seq("a", CONVERSATION))
-    settle(sched)
-    for i, other in enumerate(OTHERS):
-        run_to_end(sched, seq(f"o{i}", other))
-    settle(sched)
+    write_down_then_evict_conversation(sched)
     decoding = seq("decoding", list(range(5000, 5008)), max_new_tokens=50)
     sched.add(decoding)
     sched.postprocess(b := sched.schedule(), [7] * len(b.sampled))
@@ -279,3 +281,95 @@ def test_other_sequences_keep_stepping_while_one_onboards() -> None:
     copier.hold = False
     batch = sched.schedule()
     assert back.status is SequenceStatus.RUNNING and batch.prefills[0][0] is back
+
+
+# -- cost-aware onboarding -------------------------------------------------------------------
+
+RECOMPUTE_BLOCK = 20e-6 * BS  # what the steps below measure: 20 us a token
+
+
+def measure_prefill(kvbm: Kvbm) -> None:
+    """The engine's prefill steps, as it reports them: 10 ms a step + 20 us a token."""
+    for n in [8, 40, 16, 64, 24] * 4:
+        kvbm.prefilled(n, 0.010 + 20e-6 * n)
+
+
+def evict_again(sched: Scheduler[Sequence], round_: int) -> None:
+    """Pushes every block off the device with sequences not seen before."""
+    for i in range(3):
+        base = 100_000 * round_ + 1000 * i
+        run_to_end(sched, seq(f"r{round_}.{i}", list(range(base, base + 16))))
+    settle(sched)
+
+
+def disk_only_conversation(copier: FakeCopier) -> tuple[Scheduler[Sequence], Kvbm]:
+    # Host memory holds 2 blocks: the conversation's 5 are on disk only once others came by.
+    sched, kvbm, _, _ = tiered(host=2, disk=64, copier=copier)
+    write_down_then_evict_conversation(sched)
+    hashes = sched.block_manager.prompt_hashes(CONVERSATION).sequence
+    assert all(kvbm.registry.find(h) is kvbm.registry.disk for h in hashes)
+    return sched, kvbm
+
+
+def test_a_tier_measured_slower_than_recomputing_is_declined_and_recomputed() -> None:
+    copier = FakeCopier()
+    copier.seconds[CopyKind.DISK_TO_DEVICE] = 5 * RECOMPUTE_BLOCK
+    sched, kvbm = disk_only_conversation(copier)
+    measure_prefill(kvbm)
+    # Not measured yet: the disk is trusted, and this read is its first measurement.
+    back = seq("a2", CONVERSATION + [7])
+    run_to_end(sched, back)
+    assert back.usage().cached_tokens == 5 * BS
+    assert kvbm.stats().onboarded_blocks == {DISK_TIER: 5}
+    assert kvbm.cost is not None and not kvbm.cost.worth_onboarding(DISK_TIER)
+
+    evict_again(sched, 1)
+    reads_before = sum(op.kind is CopyKind.DISK_TO_DEVICE for op in copier.submitted)
+    again = seq("a3", CONVERSATION + [8])
+    run_to_end(sched, again)
+    # Declined: nothing read, the whole prompt prefilled here.
+    assert again.usage().cached_tokens == 0
+    assert sum(op.kind is CopyKind.DISK_TO_DEVICE for op in copier.submitted) == reads_before
+    stats = kvbm.stats()
+    assert stats.declined_blocks == {DISK_TIER: 5}
+    assert stats.onboarded_blocks == {DISK_TIER: 5}
+    assert all(
+        h in kvbm.registry.disk for h in sched.block_manager.prompt_hashes(CONVERSATION).sequence
+    )
+
+
+def test_a_tier_measured_faster_than_recomputing_is_onboarded() -> None:
+    copier = FakeCopier()
+    copier.seconds[CopyKind.DISK_TO_DEVICE] = RECOMPUTE_BLOCK / 2
+    sched, kvbm = disk_only_conversation(copier)
+    measure_prefill(kvbm)
+    for round_, rid in enumerate(["a2", "a3"], start=1):
+        back = seq(rid, CONVERSATION + [round_])
+        run_to_end(sched, back)
+        assert back.usage().cached_tokens == 5 * BS
+        evict_again(sched, round_)
+    stats = kvbm.stats()
+    assert stats.onboarded_blocks == {DISK_TIER: 10} and stats.declined_blocks == {}
+
+
+def test_onboarding_stops_at_the_first_block_of_a_declined_tier() -> None:
+    sched, kvbm, _, _ = tiered(host=8, disk=8)
+    assert kvbm.cost is not None
+    measure_prefill(kvbm)
+    kvbm.cost.copied(HOST_TIER, RECOMPUTE_BLOCK / 4)
+    kvbm.cost.copied(DISK_TIER, 4 * RECOMPUTE_BLOCK)
+    host, disk = kvbm.registry.host, kvbm.registry.disk
+    assert host is not None and disk is not None
+    where = [host, host, disk, host, disk]  # a run the lower tiers could bring back whole
+    for h, pool in enumerate(where):
+        assert pool.reserve(h, h, h - 1 if h else None) is not None
+        pool.commit(h)
+    assert len(kvbm.registry.lookup_run(list(range(5)), 0, 5)) == 5
+    # The two host blocks come up; from the first disk block on, the prompt is recomputed.
+    assert kvbm.lookup(list(range(5)), 0, 5) == 2
+    assert kvbm.stats().declined_blocks == {DISK_TIER: 3}
+    # A disk as fast as host memory: the whole run.
+    kvbm.cost.copied(DISK_TIER, 0.0)
+    for _ in range(100):
+        kvbm.cost.copied(DISK_TIER, RECOMPUTE_BLOCK / 4)
+    assert kvbm.lookup(list(range(5)), 0, 5) == 5
