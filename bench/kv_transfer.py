@@ -1,16 +1,25 @@
 """Benchmark: KV transfer throughput between two processes, NIXL vs gRPC vs memcpy (not a test).
 
-Two processes on one machine, each with KV pools laid out as the torch
+Two processes on one machine, each with a KV pool laid out as the torch
 engine's for SmolLM2-135M (30 layers, 3 KV heads, head dim 64, 16-token
-blocks), one per transport, behind the real `KvTransferPlane`s (descriptors in
-a real etcd, `KvTransfer` on real gRPC servers). For each block-set size the
-sender moves that many blocks into the receiver's pool over NIXL (one-sided
-READ by the receiver, UCX) and over gRPC (streamed), alternated with a plain
-memcpy of the same number of bytes in one process (numpy copy of a contiguous
-buffer): the machine's physical limit. GB/s = bytes / seconds of
-`send_blocks` as the control plane awaits it (request, transfer, answer).
+blocks), behind the real `KvTransferPlane` (descriptors in a real etcd,
+`KvTransfer` on real gRPC servers). Each transport runs in its own pair of
+processes, one after the other, as a worker has one `--kv-transport`: an idle
+NIXL agent's progress thread keeps polling, and that CPU must not be charged
+to the gRPC transfers (`--shared-processes` puts both in one pair, as before).
+For each block-set size the sender moves that many blocks into the receiver's
+pool over NIXL (one-sided READ by the receiver, UCX) or gRPC (streamed),
+alternated with a plain memcpy of the same number of bytes in one process
+(numpy copy of a contiguous buffer): the machine's physical limit. GB/s =
+bytes / seconds of `send_blocks` as the control plane awaits it (request,
+transfer, answer); % memcpy against the memcpy of the same run (the memcpy
+column: the median over all of them). CPU send+recv s/GiB: each process's CPU
+time (user + system, every thread) during a transfer per GiB moved, the
+sender's + the receiver's, which depends less on what else runs on the
+machine than GB/s does.
 
     python bench/kv_transfer.py [--sizes-mib 1,16,64,256] [--rounds 5] [--dtype float32]
+                                [--transports nixl,grpc] [--shared-processes]
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import resource
 import statistics
 import tempfile
 import time
@@ -102,7 +112,7 @@ def receiver_main(
             if transport in planes:
                 planes[transport][0].receiver.expect(tid, list(range(n)))
         conn.send({t: p[2] for t, p in planes.items()})
-        await asyncio.to_thread(conn.recv)  # the sender is done
+        await asyncio.to_thread(_answer_cpu, conn)  # until the sender is done
         for plane, _, _ in planes.values():
             await plane.close()
         for server in servers:
@@ -110,6 +120,18 @@ def receiver_main(
         await discovery.close()
 
     asyncio.run(run())
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time so far, every thread, user + system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _answer_cpu(conn: Any) -> None:
+    """Answer each "cpu" from the sender with this process's CPU time; return on "done"."""
+    while conn.recv() == "cpu":
+        conn.send(cpu_seconds())
 
 
 def memcpy_seconds(num_bytes: int, buffers: dict[int, tuple[np.ndarray, np.ndarray]]) -> float:
@@ -125,14 +147,16 @@ def memcpy_seconds(num_bytes: int, buffers: dict[int, tuple[np.ndarray, np.ndarr
 
 async def sender(
     args: argparse.Namespace,
-    infra: LocalInfra,
+    etcd_url: str,
     endpoints: dict[str, str],
     transfers: list[tuple[str, int]],
+    conn: Any,
 ) -> dict[tuple[int, str], list[float]]:
+    """Per (MiB, column): GB/s of each transport and of memcpy, each side's CPU s/GiB."""
     transports = list(endpoints)
     num_blocks = max(n for _, n in transfers)
     discovery, planes, servers = await _planes(
-        "send", infra.etcd_url, args.dtype, num_blocks, True, transports
+        "send", etcd_url, args.dtype, num_blocks, True, transports
     )
     per_block = _layout(args.dtype, 1).bytes_per_block
     results: dict[tuple[int, str], list[float]] = {}
@@ -148,11 +172,19 @@ async def sender(
                 results.setdefault((size, "memcpy"), []).append(n * per_block / secs / 1e9)
             plane = planes[transport][0]
             blocks = list(range(n))
+            conn.send("cpu")
+            recv_before, send_before = conn.recv(), cpu_seconds()
             stats = await plane.send_blocks(
                 PeerInfo(f"recv-{transport}", endpoints[transport]), blocks, blocks, transfer_id=tid
             )
+            send_cpu = cpu_seconds() - send_before
+            conn.send("cpu")
+            recv_cpu = conn.recv() - recv_before
             if size:
+                gib = stats.num_bytes / 2**30
                 results.setdefault((size, transport), []).append(stats.gbps)
+                results.setdefault((size, f"send-cpu-{transport}"), []).append(send_cpu / gib)
+                results.setdefault((size, f"recv-cpu-{transport}"), []).append(recv_cpu / gib)
     finally:
         for plane, _, _ in planes.values():
             await plane.close()
@@ -162,39 +194,101 @@ async def sender(
     return results
 
 
+def process_pairs(transports: list[str], shared: bool) -> list[list[str]]:
+    """The transports each pair of processes runs: one each, or all in one pair (`shared`)."""
+    return [transports] if shared else [[t] for t in transports]
+
+
+def sender_main(
+    out: Any,
+    to_receiver: Any,
+    args: argparse.Namespace,
+    etcd_url: str,
+    transfers: list[tuple[str, int]],
+) -> None:
+    """The sender, in a process of its own: a NIXL agent (and its polling thread) ends with it."""
+    try:
+        endpoints = to_receiver.recv()
+        out.send(asyncio.run(sender(args, etcd_url, endpoints, transfers, to_receiver)))
+    finally:
+        to_receiver.send("done")
+
+
+def run_pair(
+    args: argparse.Namespace,
+    infra: LocalInfra,
+    transfers: list[tuple[str, int]],
+    transports: list[str],
+) -> dict[tuple[int, str], list[float]]:
+    """The transfers of `transports` between two fresh processes, a sender and a receiver."""
+    num_blocks = max(n for _, n in transfers)
+    ctx = mp.get_context("spawn")
+    to_receiver, to_sender = ctx.Pipe()
+    results, out = ctx.Pipe(duplex=False)
+    receiver = ctx.Process(
+        target=receiver_main,
+        args=(to_sender, infra.etcd_url, args.dtype, num_blocks, transfers, transports),
+    )
+    sender_proc = ctx.Process(
+        target=sender_main, args=(out, to_receiver, args, infra.etcd_url, transfers)
+    )
+    receiver.start()
+    sender_proc.start()
+    for end in (to_receiver, to_sender, out):  # the children's now: EOF here if one dies
+        end.close()
+    try:
+        got: dict[tuple[int, str], list[float]] = results.recv()
+        return got
+    finally:
+        sender_proc.join(60)
+        receiver.join(60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes-mib", default="1,16,64,256")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--transports", default="nixl,grpc", help="which of nixl,grpc (nixl only where it loads)"
+    )
+    parser.add_argument(
+        "--shared-processes",
+        action="store_true",
+        help="both transports' planes in one pair of processes, their transfers alternated",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes_mib.split(",")]
     transfers = plan(sizes, args.rounds, args.dtype)
-    transports = ["nixl", "grpc"] if nixl_available() else ["grpc"]
-    num_blocks = max(n for _, n in transfers)
+    wanted = args.transports.split(",")
+    transports = [t for t in ("nixl", "grpc") if t in wanted and (t != "nixl" or nixl_available())]
+    pairs = process_pairs(transports, args.shared_processes)
+    memcpy: dict[tuple[int, str], list[float]] = {}  # (MiB, transport): its own run's
+    results: dict[tuple[int, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         infra = LocalInfra.start(Path(tmp))
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(
-            target=receiver_main,
-            args=(child, infra.etcd_url, args.dtype, num_blocks, transfers, transports),
-        )
-        proc.start()
         try:
-            endpoints = parent.recv()
-            results = asyncio.run(sender(args, infra, endpoints, transfers))
+            for pair in pairs:
+                got = run_pair(args, infra, transfers, pair)
+                for (size, col), values in got.items():
+                    if col == "memcpy":
+                        for t in pair:
+                            memcpy[(size, t)] = values
+                    results.setdefault((size, col), []).extend(values)
         finally:
-            parent.send("done")
-            proc.join(60)
             infra.stop()
     per_block = _layout(args.dtype, 1).bytes_per_block
+    how = "in one pair of processes" if args.shared_processes else "each in its own processes"
     print(
-        f"KV transfer, 2 processes, {LAYERS} layers x {KV_HEADS} KV heads x {HEAD_DIM} dims x {BLOCK}-token blocks, {args.dtype} ({per_block} B/block), median of {args.rounds}"
+        f"KV transfer, 2 processes, {LAYERS} layers x {KV_HEADS} KV heads x {HEAD_DIM} dims x "
+        f"{BLOCK}-token blocks, {args.dtype} ({per_block} B/block), median of {args.rounds}, "
+        f"transports {how}"
     )
     print(
         f"{'MiB':>5} {'blocks':>7} {'memcpy GB/s':>12} "
-        + " ".join(f"{t + ' GB/s':>10} {'% memcpy':>9}" for t in transports)
+        + " ".join(
+            f"{t + ' GB/s':>10} {'% memcpy':>9} {'CPU send+recv s/GiB':>19}" for t in transports
+        )
     )
     for size in sizes:
         n = max(1, round(size * 2**20 / per_block))
@@ -202,7 +296,10 @@ def main() -> None:
         cols = []
         for t in transports:
             g = statistics.median(results[(size, t)])
-            cols.append(f"{g:>10.2f} {100 * g / mem:>8.0f}%")
+            pct = 100 * g / statistics.median(memcpy[(size, t)])
+            send = statistics.median(results[(size, f"send-cpu-{t}")])
+            recv = statistics.median(results[(size, f"recv-cpu-{t}")])
+            cols.append(f"{g:>10.2f} {pct:>8.0f}% {f'{send:.2f}+{recv:.2f}':>19}")
         print(f"{size:>5} {n:>7} {mem:>12.2f} " + " ".join(cols))
 
 
