@@ -1,4 +1,4 @@
-"""A local benchmark cluster: nats + etcd, mocker workers and a frontend, each its own process."""
+"""A local benchmark cluster: nats + etcd, workers (mocker by default) and a frontend, each its own process."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ class MockerCluster:
     ...), `frontend_args` to the frontend; logs are in `log_dir`. Ready when the frontend
     routes to every worker. `per_worker_args[i]` go to worker process i only (a role,
     `--num-workers`); then `expected_workers` is how many workers they host in all.
+    `engine` is the workers' `--engine` (then `worker_args` are that engine's flags).
     """
 
     def __init__(
@@ -29,6 +30,7 @@ class MockerCluster:
         frontend_args: list[str] | tuple[str, ...] = ("--grpc-port", "0"),
         per_worker_args: list[list[str]] | None = None,
         expected_workers: int = 0,
+        engine: str = "mocker",
     ) -> None:
         from tandem.launcher.local_infra import LocalInfra, free_port
 
@@ -54,7 +56,7 @@ class MockerCluster:
                     [
                         "tandem.worker",
                         "--engine",
-                        "mocker",
+                        engine,
                         "--host",
                         "127.0.0.1",
                         "--port",
