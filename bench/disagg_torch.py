@@ -20,8 +20,7 @@ tokens/s, errors, the remote/local decisions and the CPU seconds per wall
 second the workers used. Each worker runs `--threads` torch threads (1: on a
 2-core machine each worker gets a core); the frontend and this client share
 the same cores, so the figures are this machine's, not a GPU node's. The KV
-moves over gRPC by default (`--kv-transport`): an idle NIXL agent's progress
-thread polls a core, which a 2-core machine does not have to spare.
+moves over gRPC by default (`--kv-transport`), as in the recorded runs.
 
   python bench/disagg_torch.py
   python bench/disagg_torch.py --rounds 2 --duration 90
@@ -149,8 +148,6 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each worker")
     parser.add_argument("--num-kv-blocks", type=int, default=1024)
-    # An idle NIXL agent's progress thread polls a core (docs/benchmarks.md, KV transfer):
-    # on a 2-core machine that is the core one of the workers needs.
     parser.add_argument("--kv-transport", default="grpc", help="nixl or grpc")
     parser.add_argument("--rounds", type=int, default=1, help="every configuration this often")
     parser.add_argument("--seed", type=int, default=0)

@@ -9,8 +9,13 @@ destination blocks. The READ's completion is the transfer's: the answer
 means every block is in place, so the sender may release its source blocks.
 
 NIXL calls stay on the event loop thread (the agent is created thread-safe
-all the same); UCX moves the bytes in NIXL's progress thread, and completion
-is polled with short sleeps, so neither the loop nor the engine step waits.
+all the same), and neither the loop nor the engine step waits on them. The
+agent runs without NIXL's progress thread, which polls a core even while no
+transfer runs: UCX makes progress only in our calls, with short sleeps
+between them, on both sides of a transfer and only while it is in flight.
+The reader's completion polls (`check_xfer_state`) drive its READ; the
+sender, whose memory is read, drives its side (the reader's connection)
+with `get_new_notifs` until the `PullBlocks` answer comes.
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ class NixlTransport(PooledTransport):
         # A fresh name per start: a restarted worker is a new agent to its peers.
         self.agent_name = f"{instance_id}-{uuid.uuid4().hex[:8]}"
         config = nixl.nixl_agent_config(
-            backends=["UCX"], sync_mode=nixl.nixl_thread_sync_t.NIXL_THREAD_SYNC_STRICT
+            enable_prog_thread=False,
+            backends=["UCX"],
+            sync_mode=nixl.nixl_thread_sync_t.NIXL_THREAD_SYNC_STRICT,
         )
         try:
             self.agent: Any = nixl.nixl_agent(self.agent_name, config)
@@ -84,7 +91,14 @@ class NixlTransport(PooledTransport):
             src_block_ids=src,
             sender_agent_name=self.agent_name,
         )
-        return await self.stubs.stub(endpoint).PullBlocks(request, timeout=self.timeout)
+        call = self.stubs.stub(endpoint).PullBlocks(request, timeout=self.timeout)
+        pull = asyncio.ensure_future(call)
+        delay = _POLL_FIRST_SECONDS
+        while not pull.done():
+            self.agent.get_new_notifs()  # UCX progress: answers the reader's connection
+            await asyncio.wait({pull}, timeout=delay)
+            delay = min(delay * 2, _POLL_MAX_SECONDS)
+        return await pull
 
     async def read_into(self, sender: KvDescriptor, src: list[int], dst: list[int]) -> None:
         """READ `src` blocks of `sender`'s pool into `dst` of ours; raises `TransferError`."""

@@ -2,7 +2,8 @@
 
 `send_blocks` is the one call: KV blocks of this worker's pool into a peer's.
 It is awaited on the worker's event loop and never runs on (or waits for) the
-engine's step thread; bytes move in NIXL's progress thread or as gRPC messages.
+engine's step thread; bytes move in NIXL READs (progressed by the transport's own
+polls) or as gRPC messages.
 """
 
 from __future__ import annotations
