@@ -48,6 +48,7 @@ from .fleet_config import FleetConfig
 from .mooncake_trace import TraceRecord, prompt_token_ids
 from .sim_disagg import SimDisagg
 from .sim_loop import run_simulated
+from .sim_prompts import TraceHashes
 from .sim_worker import SimWorker, load_sink, worker_info
 from .trace_summary import ReplayResult
 
@@ -117,6 +118,14 @@ class FleetSimulation:
             else None
         )
         self._rng_seed = random.Random(config.seed).getrandbits(64)
+        # The prompts' block hashes, kept per trace block, as every worker's pool hashes
+        # them (None: the workers hash them).
+        pool = next(iter(self.workers.values())).engine.scheduler.block_manager
+        self._hashes = (
+            TraceHashes(config.block_tokens, pool.block_size, pool.hash_seed)
+            if config.block_tokens % pool.block_size == 0
+            else None
+        )
         self._in_flight: dict[MockSequence, _InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._num_open = 0
@@ -198,12 +207,15 @@ class FleetSimulation:
         sampling = SamplingConfig(temperature=1.0, max_tokens=record.output_length, ignore_eos=True)
         request = EngineRequest(request_id, prompt, sampling)
         worker = self.workers[route.instance_id]
+        hashes = self._hashes.prompt_hashes(record, prompt) if self._hashes is not None else None
         try:
             if prefill_id is None:
-                seq = worker.submit(request, random.Random(self._rng_seed ^ n))
+                seq = worker.submit(request, random.Random(self._rng_seed ^ n), hashes)
             else:
                 assert self.disagg is not None
-                seq = self.disagg.submit_remote(worker, request, self._rng_seed ^ n, prefill_id)
+                seq = self.disagg.submit_remote(
+                    worker, request, self._rng_seed ^ n, prefill_id, hashes
+                )
         except EngineError as exc:
             self.router.free(request_id)
             if self.disagg is not None:

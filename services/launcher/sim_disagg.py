@@ -41,6 +41,7 @@ from tandem.router.config import RoutingConfig
 from tandem.router.kv_router import KvRouter
 from tandem.router.policy_registry import RouterDeps, make_router
 from tandem.router.worker_view import StaticWorkerView
+from tandem.runtime.block_hash import BlockHashes
 from tandem.runtime.instance_info import InstanceInfo
 from tandem.runtime.prefill_queue import PrefillQueue
 from tandem.worker.engine import EngineRequest
@@ -175,18 +176,24 @@ class SimDisagg:
         return remote.instance_id
 
     def submit_remote(
-        self, decode: SimWorker, request: EngineRequest, seed: int, prefill_id: str
+        self,
+        decode: SimWorker,
+        request: EngineRequest,
+        seed: int,
+        prefill_id: str,
+        hashes: BlockHashes | None = None,
     ) -> MockSequence:
         """Park `request` on `decode` and queue its prefill on `prefill_id`; the decode-side
-        sequence (run there at once if it cannot be parked). EngineError if refused."""
-        seq = decode.submit_parked(request, random.Random(seed))
+        sequence (run there at once if it cannot be parked). EngineError if refused.
+        `hashes`: the prompt's block hashes, if known (`SimWorker.submit`)."""
+        seq = decode.submit_parked(request, random.Random(seed), hashes)
         if seq is None:
             self.num_unparked += 1
-            return decode.submit(request, random.Random(seed))
+            return decode.submit(request, random.Random(seed), hashes)
         assert seq.table is not None
         num_held = seq.table.num_cached_tokens // decode.engine.block_size
         prefill = self.workers[prefill_id]
-        prefill_seq = prefill.prefill_only(request, random.Random(seed))
+        prefill_seq = prefill.prefill_only(request, random.Random(seed), hashes)
         self._jobs[prefill_seq] = _Job(
             request.request_id,
             decode,

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from tandem.router.kv_router import KvRouter
 from tandem.router.radix_index import RadixIndex
+from tandem.runtime.block_hash import BlockHashes
 from tandem.runtime.instance_info import InstanceInfo, Role
 from tandem.runtime.kv_tiers import DEVICE_TIER
 from tandem.runtime.pacing import WritePacer
@@ -34,9 +35,11 @@ from tandem.worker.load_reporter import LoadReporter
 from tandem.worker.mocker import MockerConfig, MockerEngine
 from tandem.worker.mocker.sequence import MockSequence
 from tandem.worker.scheduler import ScheduledBatch
+from tandem.worker.sequence import SequenceStatus
 
 from .sim_loop import SimulatedTimeLoop
 
+_FINISHED = SequenceStatus.FINISHED
 OutputCallback = Callable[[MockSequence, float], None]
 """Called after each step for every sequence that got a token: (sequence, time)."""
 
@@ -187,12 +190,16 @@ class SimWorker:
         if self.reporter is not None:
             await self.reporter.stop()
 
-    def submit(self, request: EngineRequest, rng: random.Random) -> MockSequence:
+    def submit(
+        self, request: EngineRequest, rng: random.Random, hashes: BlockHashes | None = None
+    ) -> MockSequence:
         """Admit `request` under the worker's rules (EngineError if refused) and queue it.
 
-        Its tokens are drawn from `rng`, so a seeded run repeats exactly.
+        Its tokens are drawn from `rng`, so a seeded run repeats exactly. `hashes`: its
+        prompt's block hashes when the caller has them (sim_prompts.py), so the scheduler
+        does not hash the prompt again; the same in every method below.
         """
-        seq = self._sequence(request, rng)
+        seq = self._sequence(request, rng, hashes)
         self.engine.scheduler.add(seq)
         self._wake()
         self._load_changed()
@@ -200,11 +207,13 @@ class SimWorker:
 
     # -- disaggregated serving (the mocker engine's hooks, on the scheduler directly) --------
 
-    def submit_parked(self, request: EngineRequest, rng: random.Random) -> MockSequence | None:
+    def submit_parked(
+        self, request: EngineRequest, rng: random.Random, hashes: BlockHashes | None = None
+    ) -> MockSequence | None:
         """Decode side: admit `request` parked with all its blocks allocated (its cached
         prefix matched), unscheduled until `resume_remote`; None when its blocks do not fit
         now (the caller submits it to run here instead). EngineError if refused."""
-        seq = self._sequence(request, rng)
+        seq = self._sequence(request, rng, hashes)
         if not self.engine.scheduler.park(seq):
             return None
         self._load_changed()
@@ -221,10 +230,12 @@ class SimWorker:
         self._wake()
         return True
 
-    def prefill_only(self, request: EngineRequest, rng: random.Random) -> MockSequence:
+    def prefill_only(
+        self, request: EngineRequest, rng: random.Random, hashes: BlockHashes | None = None
+    ) -> MockSequence:
         """Prefill side: compute `request`'s prompt and first token only; the sequence
         finishes after its prefill with its blocks pinned until `release`."""
-        seq = self._sequence(request, rng)
+        seq = self._sequence(request, rng, hashes)
         seq.max_new_tokens = 1
         seq.pin_blocks = True
         self.engine.scheduler.add(seq)
@@ -236,9 +247,14 @@ class SimWorker:
         """Unpin a finished prefill-only sequence's blocks (they stay in the prefix cache)."""
         self.engine.scheduler.release(seq)
 
-    def _sequence(self, request: EngineRequest, rng: random.Random) -> MockSequence:
+    def _sequence(
+        self, request: EngineRequest, rng: random.Random, hashes: BlockHashes | None
+    ) -> MockSequence:
         seq = self.engine.new_sequence(request)
         seq.rng = rng
+        if hashes is not None and self.engine.scheduler.block_manager.enable_prefix_caching:
+            # What the scheduler's first admission attempt would hash (Scheduler._allocate).
+            seq.prompt_hashes, seq.num_hashed_tokens = hashes, len(seq.token_ids)
         return seq
 
     def _wake(self) -> None:
@@ -283,7 +299,7 @@ class SimWorker:
         finished = False
         for seq in batch.sampled:
             on_output(seq, now)
-            finished = finished or seq.is_finished
+            finished = finished or seq.status is _FINISHED
         if finished:
             self._load_changed()
         self._start_step()

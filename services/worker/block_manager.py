@@ -20,9 +20,9 @@ removal listing them all, in eviction order: one KV event per pass, not per bloc
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import islice, takewhile
 from typing import TYPE_CHECKING
 
 from tandem.runtime.block_hash import BLOCK_HASH_SEED, BlockHashes, hash_blocks
@@ -47,6 +47,28 @@ class BlockTable:
     # The prompt's full-block hashes, computed at admission: marking those blocks
     # computed takes them from here instead of hashing the prompt again.
     prompt_hashes: BlockHashes = field(default_factory=lambda: _NO_HASHES)
+
+
+class _CoalescedRemovals:
+    """`BlockManager.coalesced_removals()`'s scope: a class rather than a generator-based
+    context manager (its generator and wrapper per use were 2 % of a simulated trace: every
+    scheduler step enters one)."""
+
+    __slots__ = ("_bm", "_outer")
+
+    def __init__(self, bm: BlockManager) -> None:
+        self._bm = bm
+        self._outer: list[bool] = []  # each open scope's outer state (scopes may nest)
+
+    def __enter__(self) -> None:
+        self._outer.append(self._bm._coalescing)
+        self._bm._coalescing = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        bm, outer = self._bm, self._outer.pop()
+        bm._coalescing = outer
+        if not outer:
+            bm._report_evicted()
 
 
 class BlockManager:
@@ -76,6 +98,7 @@ class BlockManager:
         self.num_prompt_tokens_cached = 0
         self._evicted: list[int] = []  # hashes evicted and not reported yet
         self._coalescing = False
+        self._coalesced_removals = _CoalescedRemovals(self)
         self.tiers: Kvbm | None = None  # the lower tiers, when a KVBM is attached
 
     def attach_tiers(self, tiers: Kvbm) -> None:
@@ -129,13 +152,8 @@ class BlockManager:
             return 0
         if hashes is None:
             hashes = self.prompt_hashes(token_ids)
-        n = 0
-        resident = self._hash_to_block
-        for h in hashes.sequence:
-            if h not in resident:
-                break
-            n += 1
-        return n
+        # One C-level walk: an admission matches thousands of blocks of a long prompt.
+        return len(list(takewhile(self._hash_to_block.__contains__, hashes.sequence)))
 
     # -- allocation ----------------------------------------------------------
 
@@ -156,21 +174,24 @@ class BlockManager:
         if hashes is None:
             hashes = self.prompt_hashes(token_ids)
         reusable = (len(token_ids) - 1) // bs  # blocks strictly before the last token's block
-        hit_ids: list[int] = []
-        for h in hashes.sequence[:reusable]:
-            block_id = self._hash_to_block.get(h)
-            if block_id is None:
-                break
-            hit_ids.append(block_id)
+        # The leading blocks resident now (a C-level walk, as in match_prefix).
+        resident = self._hash_to_block
+        hit_ids = list(
+            map(
+                resident.__getitem__,
+                takewhile(resident.__contains__, islice(hashes.sequence, reusable)),
+            )
+        )
         num_new = self.blocks_for(len(token_ids) + reserve_tokens) - len(hit_ids)
         # Cached hits that are currently evictable stop being available once taken.
-        hits_from_cache = sum(1 for b in hit_ids if self._ref_counts[b] == 0)
+        ref_counts = self._ref_counts
+        hits_from_cache = sum(1 for b in hit_ids if ref_counts[b] == 0)
         if num_new > self.num_available_blocks - hits_from_cache:
             return None
         for block_id in hit_ids:
             self._take(block_id)
         table = BlockTable(
-            block_ids=hit_ids + [self._take_new() for _ in range(num_new)],
+            block_ids=hit_ids + self._take_new(num_new),
             hashes=hashes.sequence[: len(hit_ids)],
             num_cached_tokens=len(hit_ids) * bs,
             prompt_hashes=hashes,
@@ -188,7 +209,7 @@ class BlockManager:
             return True
         if need > self.num_available_blocks:
             return False
-        table.block_ids.extend(self._take_new() for _ in range(need))
+        table.block_ids += self._take_new(need)
         if not self._coalescing:
             self._report_evicted()
         return True
@@ -203,30 +224,35 @@ class BlockManager:
         end = min(num_computed, len(token_ids)) // bs
         if end <= start or not self.enable_prefix_caching:  # most steps: no block filled up
             return
-        new = self._block_hashes(table, token_ids, start, end)
-        # Runs of consecutive newly resident blocks, each with the hash before it.
-        runs: list[tuple[int | None, list[tuple[int, int]]]] = []
-        extends_run = False
-        for seq_hash, local_hash in zip(new.sequence, new.local, strict=True):
-            block_id = table.block_ids[len(table.hashes)]
-            parent = table.hashes[-1] if table.hashes else None
-            table.hashes.append(seq_hash)
-            if seq_hash in self._hash_to_block:
-                extends_run = False  # an identical block is resident; this copy stays private
+        local, sequence = self._block_hashes(table, token_ids, start, end)
+        hashes = table.hashes
+        parent = hashes[-1] if hashes else None  # the hash before the first new block
+        hashes += sequence
+        # Runs [first, last) of consecutive newly resident blocks (indices into `sequence`).
+        runs: list[tuple[int, int]] = []
+        first = -1  # where the current run began, -1 outside one
+        resident, block_hash, tiers = self._hash_to_block, self._block_hash, self.tiers
+        # One pass per block of every prefill chunk: locals only, no calls but the tiers'.
+        block_ids = table.block_ids[start:end]
+        for j, (seq_hash, block_id) in enumerate(zip(sequence, block_ids, strict=True)):
+            if seq_hash in resident:
+                if first >= 0:  # an identical block is resident; this copy stays private
+                    runs.append((first, j))
+                    first = -1
                 continue
-            self._block_hash[block_id] = seq_hash
-            self._hash_to_block[seq_hash] = block_id
-            if self.tiers is not None:
-                self.tiers.device_stored(block_id, seq_hash, local_hash, parent)
-            if extends_run:
-                runs[-1][1].append((seq_hash, local_hash))
-            else:
-                runs.append((parent, [(seq_hash, local_hash)]))
-            extends_run = True
+            block_hash[block_id] = seq_hash
+            resident[seq_hash] = block_id
+            if tiers is not None:
+                tiers.device_stored(block_id, seq_hash, local[j], sequence[j - 1] if j else parent)
+            if first < 0:
+                first = j
+        if first >= 0:
+            runs.append((first, len(sequence)))
         if self._sink is not None:
             self._report_evicted()  # evictions before these stores are reported before them
-            for run_parent, blocks in runs:
-                self._sink.stored(run_parent, blocks)
+            for a, b in runs:
+                run = list(zip(sequence[a:b], local[a:b], strict=True))
+                self._sink.stored(sequence[a - 1] if a else parent, run)
 
     def free(self, table: BlockTable) -> None:
         """Release a sequence's blocks; hashed ones stay cached for reuse."""
@@ -250,16 +276,10 @@ class BlockManager:
             else:
                 self._free.append(block_id)
 
-    @contextmanager
-    def coalesced_removals(self) -> Iterator[None]:
-        """Report the blocks evicted inside this scope as one removal, at its end."""
-        outer, self._coalescing = self._coalescing, True
-        try:
-            yield
-        finally:
-            self._coalescing = outer
-            if not outer:
-                self._report_evicted()
+    def coalesced_removals(self) -> _CoalescedRemovals:
+        """Report the blocks evicted inside this scope (a `with` block) as one removal, at
+        its end."""
+        return self._coalesced_removals
 
     def clear(self) -> None:
         """Drop every cached block (active ones must already be freed)."""
@@ -280,18 +300,30 @@ class BlockManager:
             self._cached.pop(block_id, None)
         self._ref_counts[block_id] += 1
 
-    def _take_new(self) -> int:
-        if self._free:
-            block_id = self._free.pop()
-        else:
-            block_id, _ = self._cached.popitem(last=False)
-            if self.tiers is not None:
-                self.tiers.device_evicting(block_id)  # a dirty block is written down first
-            evicted = self._forget(block_id)
-            if evicted is not None:
-                self._evicted.append(evicted)
-        self._ref_counts[block_id] = 1
-        return block_id
+    def _take_new(self, count: int) -> list[int]:
+        """`count` blocks, each with one reference: free ones first (last freed first), then
+        the least recently used cached ones, evicted (the caller checked there are enough)."""
+        free = self._free
+        num_free = min(count, len(free))
+        # What popping `num_free` times would return, in one slice.
+        taken = free[len(free) - num_free :]
+        taken.reverse()
+        del free[len(free) - num_free :]
+        ref_counts = self._ref_counts
+        for block_id in taken:
+            ref_counts[block_id] = 1
+        if num_free < count:
+            cached, tiers = self._cached, self.tiers
+            for _ in range(count - num_free):  # evictions, least recently used first
+                block_id, _ = cached.popitem(last=False)
+                if tiers is not None:
+                    tiers.device_evicting(block_id)  # a dirty block is written down first
+                evicted = self._forget(block_id)
+                if evicted is not None:
+                    self._evicted.append(evicted)
+                ref_counts[block_id] = 1
+                taken.append(block_id)
+        return taken
 
     def _report_evicted(self) -> None:
         """Report the blocks evicted and not reported yet as one removal."""

@@ -58,10 +58,9 @@ class ScheduledBatch(Generic[S]):
     # Sequences whose last token is computed this step, so they get a new one:
     # every decode, then each prefill that reaches its end, in that order.
     sampled: list[S] = field(default_factory=list)
-
-    @property
-    def num_prefill_tokens(self) -> int:
-        return sum(n for _, n in self.prefills)
+    # The prefill chunks' tokens, summed as the scheduler adds them (read several times a
+    # step, by the engine's step timing and its stats).
+    num_prefill_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -256,7 +255,7 @@ class Scheduler(Generic[S]):
         for seq in self.running:
             if budget == 0:
                 break
-            if seq in scheduled or not seq.is_running:
+            if seq in scheduled or seq.status is not running:
                 continue
             budget -= self._add_prefill(batch, seq, budget)
 
@@ -306,6 +305,7 @@ class Scheduler(Generic[S]):
     def _add_prefill(self, batch: ScheduledBatch[S], seq: S, budget: int) -> int:
         n = min(seq.num_remaining, budget)
         batch.prefills.append((seq, n))
+        batch.num_prefill_tokens += n
         if n == seq.num_remaining:
             batch.sampled.append(seq)
         return n

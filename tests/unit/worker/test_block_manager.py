@@ -186,3 +186,21 @@ def test_allocation_reuses_the_hashes_it_is_given(hash_calls: list[int]) -> None
     assert hash_calls == [14, 4]  # the prompt once; only the block past its full blocks again
     assert table.hashes == hash_blocks(prompt + [1, 2], BS).sequence
     assert stored_hashes(sink) == table.hashes
+
+
+def test_new_blocks_come_last_freed_first_then_least_recently_used_in_one_allocation() -> None:
+    sink = RecordingSink()
+    bm = BlockManager(6, BS, sink)
+    a = list(range(100, 108))
+    table = computed(bm, a)
+    assert table.block_ids == [0, 1]  # the free list hands out 0 first
+    bm.free(table)  # tail first: block 1 is now the least recently used cached one
+    small = bm.allocate_prompt(list(range(200, 203)))
+    assert small is not None and small.block_ids == [2]
+    bm.free(small)  # unhashed: back on the free list, handed out first again
+    # Every free block (2, 3, 4, 5), then one eviction, in one call.
+    big = bm.allocate_prompt(list(range(300, 320)))
+    assert big is not None and big.block_ids == [2, 3, 4, 5, 1]
+    assert sink.events[-1] == ("removed", [hash_blocks(a, BS).sequence[1]])
+    assert bm.ensure_capacity(big, 24) and big.block_ids[-1] == 0
+    assert bm.num_available_blocks == 0 and bm.match_prefix(a) == 0
