@@ -12,10 +12,11 @@ from tandem.worker.config import LOAD_REPORT_INTERVAL_SECONDS
 from tandem.worker.mocker import MockerConfig
 
 from .mooncake_trace import DEFAULT_BLOCK_TOKENS
+from .worker_layout import WorkerLayout
 
 
 @dataclass(frozen=True, kw_only=True)
-class FleetConfig:
+class FleetConfig(WorkerLayout):
     """A simulated fleet: how many mocker workers, how they are configured and routed, and how
     the trace is replayed on them."""
 
@@ -74,13 +75,7 @@ class FleetConfig:
     def __post_init__(self) -> None:
         if self.workers <= 0:
             raise ValueError("workers must be positive")
-        if min(self.prefill_workers, self.decode_workers) < 0 or (self.prefill_workers > 0) != (
-            self.decode_workers > 0
-        ):
-            raise ValueError(
-                "a disaggregated fleet needs both --prefill-workers and --decode-workers "
-                f"(got {self.prefill_workers} and {self.decode_workers})"
-            )
+        self.check_layout()
         DisaggSettings(self.max_local_prefill_length, self.max_prefill_queue_size)  # validates
         if self.mocker.kvbm.enabled:
             raise ValueError(
@@ -97,15 +92,6 @@ class FleetConfig:
             raise ValueError("block_tokens must be at least 2")
         if self.load_report_interval <= 0 or self.drain_timeout <= 0:
             raise ValueError("load_report_interval and drain_timeout must be positive")
-
-    @property
-    def is_disaggregated(self) -> bool:
-        return self.prefill_workers > 0
-
-    @property
-    def num_workers(self) -> int:
-        """Every simulated worker, of either layout."""
-        return self.prefill_workers + self.decode_workers if self.is_disaggregated else self.workers
 
     @property
     def disagg_settings(self) -> DisaggSettings:

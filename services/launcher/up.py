@@ -44,13 +44,14 @@ from tandem.worker.registry import ENGINES
 from .local_connector import LocalConnector
 from .local_infra import InfraError, LocalInfra
 from .supervisor import ChildSpec, Supervisor
+from .worker_layout import WorkerLayout
 
 log = logging.getLogger("tandem.up")
 _WORKER_EXIT_MARGIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
-class UpConfig:
+class UpConfig(WorkerLayout):
     """Run a local Tandem cluster: nats + etcd (unless given), N workers, a frontend on --http-port.
 
     Flags not listed here are passed on to every worker (see `tandem worker --help`),
@@ -174,13 +175,7 @@ class UpConfig:
         if self.workers_per_process > 1 and self.planner:
             raise ValueError("--workers-per-process: with --planner every process hosts one "
                              "worker (the planner scales processes)")  # fmt: skip
-        if (self.prefill_workers > 0) != (self.decode_workers > 0) or min(
-            self.prefill_workers, self.decode_workers
-        ) < 0:
-            raise ValueError(
-                "--prefill-workers and --decode-workers go together, each at least 1 "
-                f"(got {self.prefill_workers} and {self.decode_workers})"
-            )
+        self.check_layout()
         if self.planner and self.is_disaggregated:
             if self.num_workers > self.max_workers:
                 raise ValueError(
@@ -205,15 +200,6 @@ class UpConfig:
                 raise ValueError(
                     f"planner: {exc} (in `tandem up`, those flags start with --planner-)"
                 ) from None
-
-    @property
-    def is_disaggregated(self) -> bool:
-        return self.prefill_workers > 0
-
-    @property
-    def num_workers(self) -> int:
-        """Workers of every role that start."""
-        return self.prefill_workers + self.decode_workers if self.is_disaggregated else self.workers
 
     def pools(self) -> list[tuple[str, int]]:
         """(role, number of workers) of each pool that starts."""
