@@ -28,12 +28,15 @@ KvEventHandler = Callable[[KvEvent, int], Awaitable[None]]
 KvEventBytesHandler = Callable[[bytes, int], Awaitable[None]]
 """The same, before decoding: for a reader with its own view of the bytes (the KV index)."""
 
-# KV events are state deltas; a late router needs history, but not forever:
-# beyond these limits it rebuilds a worker's state with Worker.KvEventsSince.
-KV_STREAM_MAX_AGE_SECONDS = 3600.0
+# KV events are state deltas. A starting router replays what the stream holds and asks each
+# live worker whose earlier events are gone for a snapshot (Worker.KvEventsSince), so the stream
+# only has to bridge short absences (a reconnect, a restart): a longer history costs
+# nats-server memory (it indexes every message kept, ~140 bytes each) and a starting router a
+# replay (~45k events/s through nats-py) that one snapshot per worker does faster.
+KV_STREAM_MAX_AGE_SECONDS = 60.0
 KV_STREAM_MAX_MSGS = 200_000
-"""As many events as a starting router replays: a longer history would never be read
-(it asks the workers instead), and nats-server holds an index entry per message kept."""
+"""The most events the stream keeps (busy fleets reach it before the age limit): as many as
+a starting router replays, beyond which it asks the workers instead."""
 
 
 class Messaging:

@@ -12,7 +12,8 @@ events keep flowing meanwhile.
 A follower that starts late replays the stream from its beginning and
 reports `ready` once it has applied everything stored when it subscribed;
 workers whose history the stream no longer holds show up as a gap from 0
-and are rebuilt from their snapshot. Only workers in the router's etcd view
+and are rebuilt from their snapshot, and live workers with no event left in
+the stream (quiet for longer than it keeps events) are asked for theirs. Only workers in the router's etcd view
 are followed (`is_member`); one that joins later is rebuilt the same way.
 Every tier's blocks are indexed (`hbm`, or '' from a worker that predates
 tiers, as the device; `host_dram`, `nvme_ssd`): a block in host memory or on
@@ -117,6 +118,7 @@ class KvEventFollower:
         nats-py) is joined at its end, and each live worker's state is fetched
         with KvEventsSince(0) instead; events arriving meanwhile are buffered.
         """
+        live_workers = list(live_workers)
         await messaging.ensure_kv_stream()
         info = await messaging.js.stream_info(subjects.kv_stream(messaging.namespace))
         last_seq = info.state.last_seq
@@ -138,6 +140,12 @@ class KvEventFollower:
         try:
             async with asyncio.timeout(wait_seconds):
                 await self._ready.wait()
+                # A live worker the replay never heard from published nothing the stream still
+                # holds (it was quiet for longer than the stream keeps events): ask it.
+                for worker in live_workers:
+                    if worker not in self._last_id and worker not in self._recovering:
+                        self._pending[worker] = []
+                        self._start_recovery(worker, 0, is_gap=False)
                 while self._recovering:
                     await asyncio.wait(list(self._recovering.values()))
         except TimeoutError:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from nats.js.api import StreamConfig
 from tandem.launcher.local_infra import LocalInfra
 from tandem.router.api import BaseRouter
 from tandem.router.config import RoutingConfig
@@ -20,7 +21,7 @@ from tandem.runtime import subjects
 from tandem.runtime.block_hash import sequence_hashes
 from tandem.runtime.discovery import Discovery
 from tandem.runtime.instance_set import InstanceSet
-from tandem.runtime.messaging import Messaging
+from tandem.runtime.messaging import KV_STREAM_MAX_AGE_SECONDS, Messaging
 from tandem.runtime.wire import worker_pb2, worker_pb2_grpc
 
 from tests.support.checks import wait_until
@@ -225,14 +226,30 @@ async def test_late_router_rebuilds_from_stream_and_worker_snapshots(
         await serve(from_workers, prompt(350, 2))  # and follows the stream from there
     finally:
         await from_workers.stop()
-    # The stream lost its history: each worker's next event is a gap, fetched from the worker.
+    # The stream lost its history (the workers were quiet for longer than it keeps events):
+    # the starting router asks each live worker, so it knows the prefix before routing.
     await client.messaging.js.purge_stream(subjects.kv_stream(client.messaging.namespace))
+    quiet = await make_kv_router(client)
+    try:
+        assert holder(quiet, p)() == owner
+        assert quiet.follower is not None and quiet.follower.num_gaps == 0
+    finally:
+        await quiet.stop()
+    # Events the stream holds from the middle of a worker's history: its next event is a gap,
+    # fetched from the worker.
+    await client.messaging.js.purge_stream(subjects.kv_stream(client.messaging.namespace))
+    workers = list(client.workers.instances.values())
+    for i, info in enumerate(workers):
+        await generate(info.endpoint, prompt(400 + i, 2))  # a new event from every worker
+    stream = subjects.kv_stream(client.messaging.namespace)
+
+    async def stream_holds_them() -> bool:
+        return (await client.messaging.js.stream_info(stream)).state.messages >= len(workers)
+
+    await wait_until(stream_holds_them, 15, "the new events in the stream")
     fresh = await make_kv_router(client)
     try:
-        assert fresh.index.num_blocks == 0
-        for i, info in enumerate(list(client.workers.instances.values())):
-            await generate(info.endpoint, prompt(400 + i, 2))  # a new event from every worker
-        await wait_until(lambda: holder(fresh, p)() == owner, 15, "snapshot recovery")
+        assert holder(fresh, p)() == owner
         assert fresh.follower is not None and fresh.follower.num_gaps >= 1
     finally:
         await fresh.stop()
@@ -315,12 +332,19 @@ async def test_approximate_mode_without_kv_events(client: Client):
 async def test_the_kv_stream_keeps_as_many_events_as_a_starting_router_replays(
     infra: LocalInfra, namespace: str
 ) -> None:
-    """nats-server holds no history a router would never read (and an index entry for each)."""
+    """nats-server holds no history a router would never read (and an index entry for each),
+    and only a minute of it: a starting router asks the workers for anything older. A stream
+    made with longer limits (an earlier release's hour) takes these."""
     messaging = Messaging(infra.nats_url, namespace)
     await messaging.connect()
+    name = subjects.kv_stream(namespace)
     try:
+        await messaging.js.add_stream(
+            StreamConfig(name=name, subjects=[subjects.kv_subjects_all(namespace)], max_age=3600)
+        )
         await messaging.ensure_kv_stream()
-        info = await messaging.js.stream_info(subjects.kv_stream(namespace))
+        info = await messaging.js.stream_info(name)
         assert info.config.max_msgs == REPLAY_MAX_EVENTS
+        assert info.config.max_age == KV_STREAM_MAX_AGE_SECONDS == 60
     finally:
         await messaging.close()
