@@ -8,9 +8,12 @@ OpenAI's API defines and relays these errors to its client.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import numpy
 
 from .engine import EngineError, EngineRequest
 from .sequence import Sequence, SequenceStatus
@@ -67,7 +70,7 @@ def max_new_tokens(request: EngineRequest, limits: EngineLimits) -> int:
     if not prompt:
         raise EngineError("The prompt is empty after tokenization.")
     vocab_size = limits.vocab_size
-    if min(prompt) < 0 or max(prompt) >= vocab_size:
+    if not _all_in_vocabulary(prompt, vocab_size):
         bad = next(t for t in prompt if not 0 <= t < vocab_size)
         raise EngineError(f"Token id {bad} is out of vocabulary (size {vocab_size}).")
     _check_sampling(request)
@@ -91,6 +94,17 @@ def max_new_tokens(request: EngineRequest, limits: EngineLimits) -> int:
             "or completion."
         )
     return max_new
+
+
+def _all_in_vocabulary(prompt: list[int], vocab_size: int) -> bool:
+    """Whether every id of `prompt` is in [0, vocab_size), in two C passes: every prompt
+    token of every request comes through here, and `min()` + `max()` over a list cost a
+    Python comparison per token each (8 % of a simulated fleet's instructions)."""
+    try:
+        ids = array("I", prompt)  # refuses ids below 0 (and beyond 32 bits)
+    except (OverflowError, TypeError):
+        return False
+    return int(numpy.frombuffer(ids, dtype=numpy.uint32).max()) < vocab_size
 
 
 def _check_sampling(request: EngineRequest) -> None:

@@ -84,7 +84,13 @@ async def test_empty_prompt_is_rejected(engine: BaseEngine) -> None:
 
 async def test_token_ids_outside_the_vocabulary_are_rejected(engine: BaseEngine) -> None:
     vocab = engine.model_card().vocab_size
-    for prompt, bad in (([vocab], vocab), ([1, -1], -1)):
+    cases = (
+        ([vocab], vocab),
+        ([1, -1], -1),
+        ([5, 1 << 40, 3], 1 << 40),  # beyond 32 bits
+        ([1] * 1000 + [vocab + 7] + [2] * 10, vocab + 7),  # one bad id deep in a long prompt
+    )
+    for prompt, bad in cases:
         error = await rejected(engine, req(prompt, max_tokens=1))
         assert str(error) == f"Token id {bad} is out of vocabulary (size {vocab})."
     assert tokens_of(await run(engine, req([0, vocab - 1], max_tokens=1)))
