@@ -120,6 +120,10 @@ class ModelRegistry:
             log_changes=False,
         )
         self._on_worker_removed = on_worker_removed
+        # Conditional disaggregation runs only beside the in-process kv router, the one that
+        # gets NATS (app.py); elsewhere a model's prefill workers are told of, once each.
+        self._disaggregates = messaging is not None
+        self._idle_prefill_models: set[str] = set()
         self._models: dict[str, ServedModel] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
         self._tokenizers: dict[tuple[str, str | None], Tokenizer] = {}
@@ -205,9 +209,22 @@ class ModelRegistry:
                 self._on_worker_removed(info)
             return
         name = info.model
+        if info.role == "prefill" and not self._disaggregates:
+            self._warn_prefill_unused(name)
         if not name or name in self._models or name in self._loading:
             return
         self._loading[name] = asyncio.create_task(self._load_model(name), name=f"load-model {name}")
+
+    def _warn_prefill_unused(self, model: str) -> None:
+        if model in self._idle_prefill_models:
+            return
+        self._idle_prefill_models.add(model)
+        log.warning(
+            "model %r has prefill workers, but this frontend prefills every prompt on the "
+            "decode workers (--max-local-prefill-length and --max-prefill-queue-size do "
+            "nothing): conditional disaggregation needs --router-mode kv without --router-url",
+            model,
+        )
 
     async def _load_model(self, name: str) -> None:
         try:

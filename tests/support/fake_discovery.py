@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from tandem.runtime.instance_info import InstanceInfo
+from tandem.runtime.instance_info import InstanceInfo, Role
 from tandem.runtime.instance_set import ChangeCallback, ChangeKind
 
 
@@ -62,13 +62,16 @@ class FakeDiscovery:
         self.events: list[str] = []
         self.card_lookups = 0  # get_model_card calls
 
-    def add_worker(self, instance_id: str, model: str, total_blocks: int = 1000) -> InstanceInfo:
+    def add_worker(
+        self, instance_id: str, model: str, total_blocks: int = 1000, role: Role = "aggregated"
+    ) -> InstanceInfo:
         """Register a worker of `model` (and a card for it, as a real worker does)."""
         info = InstanceInfo(
             instance_id,
             "worker",
             f"{instance_id}:1",
             model=model,
+            role=role,
             block_size=16,
             total_blocks=total_blocks,
         )

@@ -117,3 +117,27 @@ async def test_a_model_about_to_be_served_is_503_with_retry_after_until_then_404
     finally:
         loaded.set()
         await models.stop()
+
+
+async def test_prefill_workers_a_frontend_cannot_use_are_logged_once_per_model(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without NATS (a router mode other than kv, or --router-url) nothing sends prompts to
+    prefill workers: the operator is told, not left to wonder why the flags do nothing."""
+    discovery = FakeDiscovery()
+    discovery.add_worker("d1", "model-a", role="decode")
+    models = ModelRegistry(
+        FrontendConfig(router_mode="round-robin"), discovery, None, CollectorRegistry()
+    )  # type: ignore[arg-type]
+    try:
+        await models.start()
+        with caplog.at_level("WARNING", logger="tandem.frontend.models"):
+            discovery.add_worker("p1", "model-a", role="prefill")
+            discovery.add_worker("p2", "model-a", role="prefill")
+            discovery.add_worker("p3", "model-b", role="prefill")
+        warned = [r.getMessage() for r in caplog.records if "prefill workers" in r.getMessage()]
+        assert len(warned) == 2, warned
+        assert "'model-a'" in warned[0] and "--router-mode kv" in warned[0]
+        assert "'model-b'" in warned[1]
+    finally:
+        await models.stop()
