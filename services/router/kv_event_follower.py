@@ -13,8 +13,9 @@ A follower that starts late replays the stream from its beginning and
 reports `ready` once it has applied everything stored when it subscribed;
 workers whose history the stream no longer holds show up as a gap from 0
 and are rebuilt from their snapshot, and live workers with no event left in
-the stream (quiet for longer than it keeps events) are asked for theirs. Only workers in the router's etcd view
-are followed (`is_member`); one that joins later is rebuilt the same way.
+the stream (quiet for longer than it keeps events) are asked for theirs.
+Only workers in the router's etcd view are followed (`is_member`); one that
+joins later is rebuilt the same way.
 Every tier's blocks are indexed (`hbm`, or '' from a worker that predates
 tiers, as the device; `host_dram`, `nvme_ssd`): a block in host memory or on
 disk is copied back instead of computed. A tier this router does not know (a

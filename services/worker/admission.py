@@ -102,7 +102,7 @@ def _all_in_vocabulary(prompt: list[int], vocab_size: int) -> bool:
     Python comparison per token each (8 % of a simulated fleet's instructions)."""
     try:
         ids = array("I", prompt)  # refuses ids below 0 (and beyond 32 bits)
-    except (OverflowError, TypeError):
+    except OverflowError:
         return False
     return int(numpy.frombuffer(ids, dtype=numpy.uint32).max()) < vocab_size
 
